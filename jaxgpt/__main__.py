@@ -1,0 +1,7 @@
+"""`python -m jaxgpt ...` runs the jaxgpt command."""
+
+import sys
+
+from jaxgpt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""Orbax checkpoints of a run directory, and reading a trained model back for sampling.
+
+A run directory holds `config.json` (the resolved Config), `tokenizer.json` (tokenizer metadata) and
+`checkpoints/<step>/` written by an Orbax CheckpointManager: the TrainState (`state`) and a small JSON
+item (`meta`: tokens seen, validation loss). The latest `keep` checkpoints are kept, plus the best by
+validation loss. Saves are asynchronous; `wait()` before exiting.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from jaxgpt.config import Config
+from jaxgpt.errors import UserError
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _manager(run_dir: Path, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(keep),
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+                                  keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
+                                           read_only=read_only)
+    return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR, options=options,
+                                 item_names=("state", "meta"))
+
+
+class Checkpointer:
+    """Saves and restores TrainStates in `<run_dir>/checkpoints`."""
+
+    def __init__(self, run_dir: str | Path, keep: int):
+        self.manager = _manager(Path(run_dir), keep)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, meta: dict[str, Any], val_loss: float | None = None) -> None:
+        """Start an asynchronous save of `state` and `meta` at `step` (no-op if that step exists)."""
+        if step in self.manager.all_steps():
+            return
+        metrics = None if val_loss is None else {"val_loss": float(val_loss)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, metrics=metrics, force=True)
+
+    def restore(self, abstract_state, step: int | None = None):
+        """Restore (state, meta) at `step` (default: latest) into the structure and shardings given by
+        `abstract_state` (a pytree of jax.ShapeDtypeStruct, e.g. from jax.eval_shape)."""
+        step = self.manager.latest_step() if step is None else step
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        try:
+            restored = self.manager.restore(step, args=args)
+        except Exception as e:  # Orbax raises many types for damaged or mismatched files
+            raise UserError(f"cannot restore checkpoint step {step} in {self.manager.directory}: "
+                            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}; delete that step "
+                            "folder to fall back to an earlier one") from None
+        return restored.state, restored.meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def read_run_config(run_dir: str | Path) -> Config | None:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); restore it or use a new train.out_dir") from None
+
+
+def load_model(run_dir: str | Path, step: int | None = None):
+    """Read a trained model for inference.
+
+    Args:
+        run_dir: a run directory written by train.py.
+        step: which checkpoint (default: the latest).
+    Returns:
+        (config, params, tokenizer meta dict, step).
+    """
+    from jaxgpt.model import init_params  # local: keeps this module importable without building models
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory; pass a run directory written by train.py")
+    cfg = read_run_config(run_dir)
+    manager = _manager(run_dir, read_only=True) if (run_dir / CHECKPOINT_DIR).is_dir() else None
+    if cfg is None or manager is None or manager.latest_step() is None:
+        raise UserError(f"{run_dir} holds no checkpoint (no {CONFIG_FILE} or {CHECKPOINT_DIR}/); "
+                        "train one with `python train.py --train.out_dir=...` first")
+    step = manager.latest_step() if step is None else step
+    if step not in manager.all_steps():
+        raise UserError(f"{run_dir} has no checkpoint at step {step}; it has {manager.all_steps()}")
+    tok_path = run_dir / TOKENIZER_FILE
+    if not tok_path.is_file():
+        raise UserError(f"{tok_path} is missing; the run directory is incomplete")
+    tokenizer_meta = json.loads(tok_path.read_text())
+    abstract_params = jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
+    # Restore only the parameters: the optimizer state is not needed to sample.
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": abstract_params},
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": abstract_params}),
+        partial_restore=True,
+    ))
+    try:
+        restored = manager.restore(step, args=args)
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint step {step} in {run_dir}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    return cfg, restored.state["params"], tokenizer_meta, step

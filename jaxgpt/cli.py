@@ -1,0 +1,122 @@
+"""Command-line entry points: `python train.py` and the `jaxgpt` command (train, sample, prepare).
+
+Every command turns a `UserError` into one line on stderr and exit status 2, so no traceback reaches
+the user for a mistake they can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jaxgpt.errors import UserError
+
+DEFAULT_CONFIG = "configs/shakespeare_char.py"
+
+
+def _guarded(fn, *args) -> int:
+    try:
+        return fn(*args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _default_config_path() -> Path:
+    here = Path(DEFAULT_CONFIG)
+    return here if here.is_file() else Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+
+
+def _train(argv: list[str]) -> int:
+    from jaxgpt import config as config_lib
+    from jaxgpt.trainer import train
+
+    parser = argparse.ArgumentParser(
+        prog="train.py", description="Pretrain a GPT. Any config field can be overridden: --train.max_steps=100",
+    )
+    parser.add_argument("--config", default=None, help=f"recipe file (default {DEFAULT_CONFIG})")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
+    if bad:
+        raise UserError(f"cannot read argument {bad[0]!r}; overrides look like --train.max_steps=100")
+    cfg = config_lib.load_config_file(args.config or _default_config_path())
+    cfg = config_lib.apply_overrides(cfg, overrides)
+    train(cfg)
+    return 0
+
+
+def main_train(argv: list[str]) -> int:
+    return _guarded(_train, argv)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxgpt.checkpoint import load_model
+    from jaxgpt.model import GPT
+    from jaxgpt.sampling import check_settings, generate
+    from jaxgpt.tokenizer import tokenizer_from_meta
+
+    check_settings(args.temperature, args.top_k, args.top_p)
+    if args.num_tokens < 1 or args.num_samples < 1:
+        raise UserError("--num-tokens and --num-samples must be at least 1")
+    cfg, params, tok_meta, step = load_model(args.run_dir, args.step)
+    tokenizer = tokenizer_from_meta(tok_meta)
+    prompt = args.prompt.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("the prompt encodes to no tokens; give a non-empty --prompt")
+    out = generate(GPT(cfg.model), params, [ids] * args.num_samples, args.num_tokens,
+                   key=jax.random.key(args.seed), temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, eot_id=tokenizer.eot_id)
+    for i, row in enumerate(out):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1} (step {step}) ---")
+        print(tokenizer.decode(row.tolist()))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from jaxgpt.data import prepare
+
+    p = prepare(args.source, args.tokenizer, args.cache_dir, args.val_fraction)
+    print(f"{p.folder}: {p.train_tokens} train and {p.val_tokens} validation tokens ({p.dtype})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT-2 in JAX: train, sample, prepare data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="pretrain (same as python train.py)", add_help=False)
+
+    s = sub.add_parser("sample", help="generate text from a trained run directory")
+    s.add_argument("run_dir", help="a run directory written by train.py")
+    s.add_argument("--prompt", default="\n", help="text to continue (escapes such as \\n work)")
+    s.add_argument("--num-tokens", type=int, default=200)
+    s.add_argument("--num-samples", type=int, default=1)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    s.set_defaults(fn=_sample)
+
+    p = sub.add_parser("prepare", help="tokenize a corpus once into the data cache")
+    p.add_argument("--source", default="shakespeare", help="'shakespeare', a text file or a folder of .txt")
+    p.add_argument("--tokenizer", default="char", choices=("char", "gpt2", "simple"))
+    p.add_argument("--cache-dir", default="data")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.set_defaults(fn=_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        return main_train(argv[1:])
+    args = build_parser().parse_args(argv)
+    return _guarded(args.fn, args)

@@ -1,0 +1,236 @@
+"""Typed, frozen run configuration: model, data and training settings, presets and overrides.
+
+A run is described by one `Config` (a `ModelConfig`, a `DataConfig` and a `TrainConfig`). Recipes live in
+`configs/*.py` files that define a module-level `config`; the command line changes single fields with
+dotted overrides (`--model.n_layer=2`). Every override is parsed against the field's declared type, and a
+key that does not exist is an error that lists the valid ones. `validate` rejects impossible values
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jaxgpt.errors import UserError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """GPT-2 shape and numerics. Defaults are GPT-2 small (124M)."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024  # longest context; size of the learned position table
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    qkv_bias: bool = True  # GPT-2 has biases on q, k, v; the book also trains without them
+    layer_norm_eps: float = 1e-5  # GPT-2's value; Flax's default (1e-6) would shift every logit
+    dtype: str = "float32"  # compute dtype of activations and matmuls
+    param_dtype: str = "float32"  # storage dtype of the weights
+
+    @staticmethod
+    def preset(name: str, **overrides: Any) -> ModelConfig:
+        """One of OpenAI's four GPT-2 sizes, optionally with some fields changed."""
+        if name not in PRESETS:
+            raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "gpt2": ModelConfig(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": ModelConfig(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": ModelConfig(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": ModelConfig(n_layer=48, n_head=25, n_embd=1600),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "shakespeare"  # "shakespeare" (embedded), a text file, or a folder of .txt files
+    tokenizer: str = "char"  # "char", "gpt2" or "simple"
+    val_fraction: float = 0.1
+    cache_dir: str = "data"  # prepared token files are kept here and reused
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "out/run"
+    seed: int = 1337
+    batch_size: int = 32  # sequences per optimizer step, summed over devices and accumulation
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 2000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    decay_steps: int = 0  # cosine decay length; 0 means max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # global-norm clipping; 0 turns it off
+    log_interval: int = 10
+    eval_interval: int = 250  # also the checkpoint interval
+    eval_steps: int = 20  # validation batches per evaluation
+    sample_interval: int = 500  # 0 turns periodic samples off
+    sample_tokens: int = 200
+    sample_prompt: str = "\n"
+    keep_checkpoints: int = 2  # latest N kept, plus the best by validation loss
+    progress: bool = True  # one updating progress line on a terminal
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Config:
+        """Rebuild a config written by `to_dict` (e.g. a run's config.json); unknown keys are errors."""
+        try:
+            parts = {k: _SECTIONS[k](**v) for k, v in d.items()}
+        except (KeyError, TypeError) as e:
+            raise UserError(f"config JSON does not match this version of jaxgpt ({e})") from None
+        return Config(**parts)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+# Settings a resumed run may change: they alter how long it runs and what it reports, not what it learns.
+RESUMABLE_KEYS = frozenset(
+    {"train.max_steps", "train.log_interval", "train.eval_interval", "train.eval_steps",
+     "train.sample_interval", "train.sample_tokens", "train.sample_prompt", "train.keep_checkpoints",
+     "train.progress", "train.out_dir", "data.cache_dir"}
+)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """{"model.n_layer": 12, ...} for every leaf field."""
+    return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Execute a recipe file from `configs/` and return its module-level `config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist; pass --config configs/<name>.py")
+    spec = importlib.util.spec_from_file_location(f"jaxgpt_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"config file {path} has a syntax error on line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # a recipe is user code: report its failure in one line
+        raise UserError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
+    cfg = getattr(module, "config", None)
+    if not isinstance(cfg, Config):
+        raise UserError(f"config file {path} must define `config = Config(...)` (jaxgpt.config.Config)")
+    return cfg
+
+
+def _parse_value(key: str, text: str, annotation: Any) -> Any:
+    """Parse a command-line string into the declared type of one field."""
+    tp = typing.get_type_hints(annotation[0])[annotation[1]]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        tp = args[0]
+    try:
+        if tp is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if tp is str:
+            # Allow escapes so a prompt such as "\n" can be given on the command line.
+            return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except ValueError:
+        raise UserError(f"{key}={text!r} is not a valid {tp.__name__}") from None
+    raise AssertionError(f"unsupported field type {tp} for {key}")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.field=value` strings (a leading `--` is allowed) and return the new config."""
+    valid = list(flatten(cfg))
+    sections = {s: getattr(cfg, s) for s in _SECTIONS}
+    for item in overrides:
+        key, sep, text = item.removeprefix("--").partition("=")
+        if not sep:
+            raise UserError(f"override {item!r} needs the form section.key=value, e.g. --train.max_steps=100")
+        if key not in valid:
+            raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
+        section, name = key.split(".", 1)
+        value = _parse_value(key, text, (_SECTIONS[section], name))
+        sections[section] = dataclasses.replace(sections[section], **{name: value})
+    return Config(**sections)
+
+
+def validate(cfg: Config) -> Config:
+    """Raise a UserError naming the first impossible setting; return cfg unchanged otherwise."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    positive = {
+        "model.vocab_size": m.vocab_size, "model.block_size": m.block_size, "model.n_layer": m.n_layer,
+        "model.n_head": m.n_head, "model.n_embd": m.n_embd, "train.batch_size": t.batch_size,
+        "train.grad_accum": t.grad_accum, "train.max_steps": t.max_steps,
+        "train.learning_rate": t.learning_rate, "train.log_interval": t.log_interval,
+        "train.eval_interval": t.eval_interval, "train.eval_steps": t.eval_steps,
+        "train.keep_checkpoints": t.keep_checkpoints, "model.layer_norm_eps": m.layer_norm_eps,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise UserError(f"{key} must be positive, got {value}")
+    non_negative = {
+        "train.min_lr": t.min_lr, "train.warmup_steps": t.warmup_steps, "train.decay_steps": t.decay_steps,
+        "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
+        "train.sample_interval": t.sample_interval, "train.sample_tokens": t.sample_tokens,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"{key} must not be negative, got {value}")
+    if m.n_embd % m.n_head:
+        raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    if not 0 <= m.dropout < 1:
+        raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    for key, value in (("model.dtype", m.dtype), ("model.param_dtype", m.param_dtype)):
+        if value not in DTYPES:
+            raise UserError(f"{key} must be one of {', '.join(DTYPES)}, got {value!r}")
+    if not 0 < d.val_fraction < 1:
+        raise UserError(f"data.val_fraction must be between 0 and 1, got {d.val_fraction}")
+    for key, value in (("train.beta1", t.beta1), ("train.beta2", t.beta2)):
+        if not 0 <= value < 1:
+            raise UserError(f"{key} must be in [0, 1), got {value}")
+    if t.batch_size % t.grad_accum:
+        raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum})")
+    return cfg
+
+
+def diff(old: Config, new: Config) -> list[str]:
+    """Keys whose values differ between two configs, as 'key: old -> new'."""
+    a, b = flatten(old), flatten(new)
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+def save_json(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -1,0 +1,174 @@
+"""GPT-2 as Flax linen modules: one small module per concept, parameters named as in OpenAI's release.
+
+The tree of parameters is `wte, wpe, h_0 .. h_{n-1} {ln_1, attn {c_attn, c_proj}, ln_2, mlp {c_fc, c_proj}},
+ln_f`. A linen `Dense` kernel is laid out (in, out), the same as GPT-2's Conv1D weight, so converting
+weights is a renaming. The output head is tied to `wte`.
+
+The model knows nothing of tokenizers, files or training. Incremental decoding takes an explicit KV cache
+(a pytree of arrays) and returns the updated one, so sampling stays a pure function.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgpt.config import ModelConfig
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer for positions [0, max_len): each (n_layer, B, max_len, n_head, head_dim)."""
+
+    k: jax.Array
+    v: jax.Array
+
+    @staticmethod
+    def init(config: ModelConfig, batch: int, max_len: int) -> KVCache:
+        shape = (config.n_layer, batch, max_len, config.n_head, config.head_dim)
+        zeros = jnp.zeros(shape, jnp.dtype(config.dtype))
+        return KVCache(zeros, zeros)
+
+
+def _dense(features: int, config: ModelConfig, name: str, std: float = 0.02, bias: bool = True) -> nn.Dense:
+    return nn.Dense(
+        features, name=name, use_bias=bias, dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=nn.initializers.normal(std), bias_init=nn.initializers.zeros,
+    )
+
+
+def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps, name=name, dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+    )
+
+
+def _residual_std(config: ModelConfig) -> float:
+    # GPT-2 scales projections into the residual stream so its variance does not grow with depth.
+    return 0.02 / math.sqrt(2 * config.n_layer)
+
+
+class CausalSelfAttention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool, layer_cache=None, pos=None):
+        """x: (B, T, C). With `layer_cache=(k, v)` of (B, S, H, D), writes this chunk at `pos` and
+        attends to every cached position up to its own; returns (y, new_layer_cache)."""
+        cfg = self.config
+        B, T, C = x.shape
+        H, D = cfg.n_head, cfg.head_dim
+        qkv = _dense(3 * C, cfg, "c_attn", bias=cfg.qkv_bias)(x)  # (B, T, 3C)
+        q, k, v = jnp.split(qkv.reshape(B, T, 3, H, D), 3, axis=2)  # 3 x (B, T, 1, H, D)
+        q, k, v = (a.squeeze(2) for a in (q, k, v))  # (B, T, H, D)
+
+        if layer_cache is not None:
+            cache_k, cache_v = layer_cache
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, pos, 0, 0))  # (B, S, H, D)
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, pos, 0, 0))
+            layer_cache = (k, v)
+            q_pos = pos + jnp.arange(T)  # (T,)
+            mask = jnp.arange(k.shape[1])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])  # (B, T, H, D)
+        elif cfg.dropout > 0 and not deterministic:
+            # Attention-probability dropout, as in GPT-2, needs the weights themselves.
+            scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D)  # (B, H, T, T)
+            causal = jnp.tril(jnp.ones((T, T), bool))
+            scores = jnp.where(causal, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            probs = nn.Dropout(cfg.dropout)(jax.nn.softmax(scores, axis=-1), deterministic=False)
+            y = jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)  # (B, T, H, D)
+        else:
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # (B, T, H, D)
+
+        y = y.reshape(B, T, C)  # (B, T, C): heads side by side again
+        y = _dense(C, cfg, "c_proj", std=_residual_std(cfg))(y)
+        y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+        return y, layer_cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        cfg = self.config
+        h = _dense(4 * cfg.n_embd, cfg, "c_fc")(x)  # (B, T, 4C)
+        h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
+        h = _dense(cfg.n_embd, cfg, "c_proj", std=_residual_std(cfg))(h)  # (B, T, C)
+        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool, layer_cache=None, pos=None):
+        a, layer_cache = CausalSelfAttention(self.config, name="attn")(
+            _layer_norm(self.config, "ln_1")(x), deterministic, layer_cache, pos
+        )
+        x = x + a
+        x = x + MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x), deterministic)
+        return x, layer_cache
+
+
+class GPT(nn.Module):
+    """GPT-2 language model. `__call__(tokens)` -> logits (B, T, vocab_size) in float32."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        embed = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                     embedding_init=nn.initializers.normal(0.02))
+        self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, **embed)
+        self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, **embed)
+        self.h = [Block(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
+        self.ln_f = _layer_norm(cfg, "ln_f")
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def hidden_states(self, tokens, deterministic: bool = True, cache: KVCache | None = None, pos=0):
+        """Final-LayerNorm outputs (B, T, C), and the updated cache when one is given."""
+        B, T = tokens.shape
+        positions = pos + jnp.arange(T)  # (T,)
+        x = self.wte(tokens) + self.wpe(positions)[None]  # (B, T, C)
+        x = self.drop(x, deterministic=deterministic)
+        new_k, new_v = [], []
+        for i, block in enumerate(self.h):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            x, layer_cache = block(x, deterministic, layer_cache, pos)
+            if cache is not None:
+                new_k.append(layer_cache[0])
+                new_v.append(layer_cache[1])
+        x = self.ln_f(x)
+        new_cache = None if cache is None else KVCache(jnp.stack(new_k), jnp.stack(new_v))
+        return x, new_cache
+
+    def logits(self, x):
+        """Project hidden states (B, T, C) onto the vocabulary with the tied embedding -> float32."""
+        return self.wte.attend(x).astype(jnp.float32)  # (B, T, vocab_size)
+
+    def __call__(self, tokens, deterministic: bool = True, cache: KVCache | None = None, pos=0):
+        """Args:
+            tokens: (B, T) int token ids, T <= block_size - pos.
+            deterministic: False turns dropout on (needs a 'dropout' rng).
+            cache: optional KVCache; the chunk is written at `pos` and attends to earlier cached positions.
+            pos: position of tokens[:, 0] (an int or a traced scalar).
+        Returns:
+            logits (B, T, vocab_size) float32, or (logits, new_cache) when a cache is given.
+        """
+        x, new_cache = self.hidden_states(tokens, deterministic, cache, pos)
+        logits = self.logits(x)
+        return logits if cache is None else (logits, new_cache)
+
+
+def count_params(params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))
+
+
+def init_params(config: ModelConfig, key: jax.Array):
+    """Random GPT-2 initialisation; a dummy (1, 1) token batch fixes the shapes."""
+    return GPT(config).init(key, jnp.zeros((1, 1), jnp.int32))["params"]

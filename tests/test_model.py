@@ -1,0 +1,96 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt.config import ModelConfig
+from jaxgpt.model import GPT, KVCache, count_params, init_params
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080),
+    ("gpt2-xl", 1_557_611_200),
+])
+def test_preset_parameter_counts(name, expected):
+    cfg = ModelConfig.preset(name)
+    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))  # no memory allocated
+    assert count_params(shapes) == expected
+
+
+def test_parameter_names_follow_gpt2(tiny_model):
+    params = init_params(tiny_model, jax.random.key(0))
+    assert set(params) == {"wte", "wpe", "h_0", "h_1", "ln_f"}
+    block = jax.tree.map(jnp.shape, params["h_1"])
+    C = tiny_model.n_embd
+    assert block["attn"]["c_attn"]["kernel"] == (C, 3 * C)  # (in, out) like GPT-2's Conv1D
+    assert block["mlp"]["c_fc"]["kernel"] == (C, 4 * C)
+    assert set(block) == {"ln_1", "attn", "ln_2", "mlp"}
+    assert params["wte"]["embedding"].shape == (tiny_model.vocab_size, C)
+
+
+def test_gpt2_initialisation_statistics():
+    cfg = ModelConfig(vocab_size=512, block_size=64, n_layer=8, n_head=4, n_embd=256)
+    p = init_params(cfg, jax.random.key(0))
+    assert abs(float(jnp.std(p["h_0"]["mlp"]["c_fc"]["kernel"])) - 0.02) < 1e-3
+    # residual projections are scaled down by sqrt(2 * n_layer) = 4
+    assert abs(float(jnp.std(p["h_0"]["mlp"]["c_proj"]["kernel"])) - 0.005) < 3e-4
+    assert float(jnp.abs(p["h_0"]["attn"]["c_attn"]["bias"]).max()) == 0.0
+    assert float(jnp.abs(p["ln_f"]["scale"] - 1).max()) == 0.0
+
+
+def test_logits_shape_and_tied_head(tiny_model):
+    params = init_params(tiny_model, jax.random.key(0))
+    tokens = jnp.arange(10)[None] % tiny_model.vocab_size
+    logits = GPT(tiny_model).apply({"params": params}, tokens)
+    assert logits.shape == (1, 10, tiny_model.vocab_size) and logits.dtype == jnp.float32
+    # The head is the embedding matrix: zeroing wte changes the logits to exactly zero... plus nothing else.
+    zeroed = jax.tree.map(lambda x: x, params)
+    zeroed["wte"] = {"embedding": jnp.zeros_like(params["wte"]["embedding"])}
+    assert float(jnp.abs(GPT(tiny_model).apply({"params": zeroed}, tokens)).max()) == 0.0
+
+
+def test_causality(tiny_model):
+    """Changing token t leaves the logits of every position before t unchanged."""
+    params = init_params(tiny_model, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, tiny_model.vocab_size)
+    changed = tokens.at[:, 9].set((tokens[:, 9] + 1) % tiny_model.vocab_size)
+    a = GPT(tiny_model).apply({"params": params}, tokens)
+    b = GPT(tiny_model).apply({"params": params}, changed)
+    np.testing.assert_array_equal(a[:, :9], b[:, :9])
+    assert float(jnp.abs(a[:, 9:] - b[:, 9:]).max()) > 1e-4
+
+
+def test_kv_cache_matches_full_recomputation(tiny_model):
+    model = GPT(tiny_model)
+    params = init_params(tiny_model, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (3, 16), 0, tiny_model.vocab_size)
+    full = model.apply({"params": params}, tokens)
+    cache = KVCache.init(tiny_model, 3, 16)
+    pieces, pos = [], 0
+    for n in (5, 1, 1, 4, 5):  # a prefill, single-token steps, then chunks
+        logits, cache = model.apply({"params": params}, tokens[:, pos:pos + n], cache=cache, pos=pos)
+        pieces.append(logits)
+        pos += n
+    np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=2e-5)
+
+
+def test_dropout_needs_a_key_and_is_deterministic_per_key(tiny_model):
+    cfg = dataclasses.replace(tiny_model, dropout=0.2)
+    model, params = GPT(cfg), init_params(cfg, jax.random.key(0))
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    run = lambda k: model.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": k})
+    np.testing.assert_array_equal(run(jax.random.key(3)), run(jax.random.key(3)))
+    assert float(jnp.abs(run(jax.random.key(3)) - run(jax.random.key(4))).max()) > 0
+    eval_a = model.apply({"params": params}, tokens)
+    np.testing.assert_array_equal(eval_a, model.apply({"params": params}, tokens))
+
+
+def test_no_qkv_bias_and_bfloat16_compute(tiny_model):
+    cfg = dataclasses.replace(tiny_model, qkv_bias=False, dtype="bfloat16")
+    params = init_params(cfg, jax.random.key(0))
+    assert "bias" not in params["h_0"]["attn"]["c_attn"]
+    assert params["h_0"]["attn"]["c_attn"]["kernel"].dtype == jnp.float32  # weights stay float32
+    logits = GPT(cfg).apply({"params": params}, jnp.zeros((1, 4), jnp.int32))
+    assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())

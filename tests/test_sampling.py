@@ -1,0 +1,68 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, init_params
+from jaxgpt.sampling import generate, sample_logits
+
+
+def _greedy_by_recomputation(model, params, ids, n):
+    ids = np.asarray(ids)[None]
+    for _ in range(n):
+        ctx = ids[:, -model.config.block_size:]
+        logits = model.apply({"params": params}, jnp.asarray(ctx))
+        ids = np.concatenate([ids, np.argmax(logits[:, -1], axis=-1)[:, None]], axis=1)
+    return ids
+
+
+def test_cached_greedy_decoding_equals_full_recomputation(tiny_model):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    out = generate(model, params, [3, 1, 4], 12, key=jax.random.key(0), temperature=0)
+    np.testing.assert_array_equal(out, _greedy_by_recomputation(model, params, [3, 1, 4], 12))
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(tiny_model):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    greedy = generate(model, params, [5, 6], 10, key=jax.random.key(0), temperature=0)
+    k1 = generate(model, params, [5, 6], 10, key=jax.random.key(1), temperature=1.0, top_k=1)
+    p0 = generate(model, params, [5, 6], 10, key=jax.random.key(2), temperature=1.0, top_p=1e-6)
+    np.testing.assert_array_equal(greedy, k1)
+    np.testing.assert_array_equal(greedy, p0)
+
+
+def test_sampling_respects_top_k_and_seed():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
+    draws = np.asarray(sample_logits(logits, jax.random.key(0), 1.0, 2, None))
+    assert set(draws.tolist()) == {0, 1} and 0.55 < np.mean(draws == 0) < 0.70  # 0.5/0.8 = 0.625
+    draws = np.asarray(sample_logits(logits, jax.random.key(0), 1.0, None, 0.85))
+    assert set(draws.tolist()) == {0, 1, 2}  # 0.5 + 0.3 < 0.85, so the third token is needed
+    again = np.asarray(sample_logits(logits, jax.random.key(0), 1.0, None, 0.85))
+    np.testing.assert_array_equal(draws, again)
+
+
+def test_generation_stops_at_end_of_text(tiny_model):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    first = int(generate(model, params, [7], 1, key=jax.random.key(0), temperature=0)[0, -1])
+    out = generate(model, params, [[7], [7]], 10, key=jax.random.key(0), temperature=0, eot_id=first)
+    assert out.shape == (2, 2) and (out[:, 1] == first).all()
+
+
+def test_long_generation_and_prompt_cropping(tiny_model):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    out = generate(model, params, [1, 2], 40, key=jax.random.key(0), temperature=1.0)
+    assert out.shape == (1, 42)  # past the 16-position table: continues from the recent context
+    with pytest.warns(UserWarning, match="cropped"):
+        out = generate(model, params, list(range(20)), 3, key=jax.random.key(0), temperature=0)
+    assert out.shape == (1, tiny_model.block_size - 1 + 3)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"),
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+])
+def test_invalid_settings(tiny_model, kwargs, pattern):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    with pytest.raises(UserError, match=pattern):
+        generate(model, params, [1], 2, key=jax.random.key(0), **kwargs)
