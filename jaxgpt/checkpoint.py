@@ -110,10 +110,11 @@ def load_model(run_dir: str | Path, step: int | None = None):
         raise UserError(f"{tok_path} is missing; the run directory is incomplete")
     tokenizer_meta = json.loads(tok_path.read_text())
     abstract_params = jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
-    # Restore only the parameters: the optimizer state is not needed to sample.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    # Restore only the parameters, onto one device: the optimizer state is not needed to sample.
     args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item={"params": abstract_params},
-        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(), {"params": abstract_params}),
+        restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), {"params": abstract_params}),
         partial_restore=True,
     ))
     try:

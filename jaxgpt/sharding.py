@@ -30,6 +30,11 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(None, DATA_AXIS))
 
 
+def eval_batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Evaluation batches are (B, T): split B across the data axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
 def check_batch(mesh: jax.sharding.Mesh, micro_batch: int) -> None:
     n = mesh.shape[DATA_AXIS]
     if micro_batch % n:

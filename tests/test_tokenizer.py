@@ -59,10 +59,20 @@ def test_gpt2_ranks_match_tiktoken_offline_loader(monkeypatch):
     assert mod._gpt2_encoding() is enc  # built once per process
 
 
-def test_gpt2_matches_tiktoken_get_encoding():
+def test_gpt2_matches_tiktoken_get_encoding(tmp_path, monkeypatch):
+    """tiktoken's own loader, fed the packaged files through its cache (no network), gives the same ids."""
+    import hashlib
+    import shutil
+
+    from jaxgpt import tokenizer as mod
+
+    base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    for name in ("vocab.bpe", "encoder.json"):
+        shutil.copy(mod._gpt2_data_dir() / name, tmp_path / hashlib.sha1((base + name).encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     try:
         ref = tiktoken.get_encoding("gpt2")
-    except Exception as e:  # usually no network to fetch the vocabulary files
+    except Exception as e:  # a tiktoken whose URLs changed would try the network
         pytest.skip(f"tiktoken.get_encoding('gpt2') unavailable: {type(e).__name__}")
     tok = GPT2Tokenizer()
     for text in TEXTS:

@@ -1,0 +1,40 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt.checkpoint import Checkpointer
+from jaxgpt.errors import UserError
+
+
+def _state(step):
+    return {"step": jnp.int32(step), "params": {"w": jnp.arange(6.0).reshape(2, 3) * step}}
+
+
+def test_keeps_the_latest_and_the_best_by_validation_loss(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=1)
+    for step, val in [(1, 3.0), (2, 1.0), (3, 2.0), (4, 4.0)]:
+        ckpt.save(step, _state(step), {"tokens": step}, val)
+        ckpt.wait()
+    assert ckpt.manager.all_steps() == [2, 4]  # step 2 has the lowest loss, step 4 is the latest
+
+
+def test_round_trip_into_an_abstract_target(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=2)
+    ckpt.save(7, _state(7), {"tokens": 70, "best_val": 1.5}, 1.5)
+    ckpt.wait()
+    abstract = jax.eval_shape(lambda: _state(0))  # shapes only: nothing from a fresh init leaks in
+    state, meta = Checkpointer(tmp_path, keep=2).restore(abstract)
+    np.testing.assert_array_equal(state["params"]["w"], _state(7)["params"]["w"])
+    assert int(state["step"]) == 7 and meta == {"tokens": 70, "best_val": 1.5}
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=2)
+    ckpt.save(1, _state(1), {"tokens": 1}, 1.0)
+    ckpt.wait()
+    for f in (tmp_path / "checkpoints" / "1" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot restore checkpoint step 1"):
+        Checkpointer(tmp_path, keep=2).restore(jax.eval_shape(lambda: _state(0)))
