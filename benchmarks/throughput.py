@@ -52,7 +52,7 @@ def main(argv=None) -> None:
 
     model, tx = GPT(mcfg), make_optimizer(tc)
     params = init_params(mcfg, jax.random.key(0))
-    state = [TrainState.create(params, tx)]
+    state = [TrainState.create(jax.tree.map(jax.numpy.copy, params), tx)]  # the step donates its copy
     step = jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=0)
     rng = np.random.default_rng(0)
     x = rng.integers(0, vocab, (tc.grad_accum, tc.batch_size // tc.grad_accum, T)).astype(np.int32)

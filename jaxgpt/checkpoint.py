@@ -30,8 +30,8 @@ def _manager(run_dir: Path, keep: int = 1, read_only: bool = False) -> ocp.Check
         checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
-                                           read_only=read_only)
+    # `create=False` rather than Orbax's read_only mode, which logs warnings on every open.
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only)
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR, options=options,
                                  item_names=("state", "meta"))
 
