@@ -57,8 +57,8 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool, layer_cache=None, pos=None):
-        """x: (B, T, C). With `layer_cache=(k, v)` of (B, S, H, D), writes this chunk at `pos` and
-        attends to every cached position up to its own; returns (y, new_layer_cache)."""
+        """x: (B, T, C). With `layer_cache=(k, v)` of (B, S, H, D), attends to the cache with this chunk
+        written at `pos`, up to each query's own position; returns (y, this chunk's (k, v) or None)."""
         cfg = self.config
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
@@ -68,12 +68,13 @@ class CausalSelfAttention(nn.Module):
 
         if layer_cache is not None:
             cache_k, cache_v = layer_cache
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, pos, 0, 0))  # (B, S, H, D)
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, pos, 0, 0))
-            layer_cache = (k, v)
+            k, v = k.astype(cache_k.dtype), v.astype(cache_v.dtype)
+            layer_cache = (k, v)  # only the new chunk goes back: the caller writes it in place
+            k_all = jax.lax.dynamic_update_slice(cache_k, k, (0, pos, 0, 0))  # (B, S, H, D)
+            v_all = jax.lax.dynamic_update_slice(cache_v, v, (0, pos, 0, 0))
             q_pos = pos + jnp.arange(T)  # (T,)
-            mask = jnp.arange(k.shape[1])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])  # (B, T, H, D)
+            mask = jnp.arange(k_all.shape[1])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
+            y = jax.nn.dot_product_attention(q, k_all, v_all, mask=mask[None, None])  # (B, T, H, D)
         elif cfg.dropout > 0 and not deterministic:
             # Attention-probability dropout, as in GPT-2, needs the weights themselves.
             scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D)  # (B, H, T, T)
@@ -136,16 +137,16 @@ class GPT(nn.Module):
         positions = pos + jnp.arange(T)  # (T,)
         x = self.wte(tokens) + self.wpe(positions)[None]  # (B, T, C)
         x = self.drop(x, deterministic=deterministic)
-        new_k, new_v = [], []
         for i, block in enumerate(self.h):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x, layer_cache = block(x, deterministic, layer_cache, pos)
+            x, chunk = block(x, deterministic, layer_cache, pos)
             if cache is not None:
-                new_k.append(layer_cache[0])
-                new_v.append(layer_cache[1])
-        x = self.ln_f(x)
-        new_cache = None if cache is None else KVCache(jnp.stack(new_k), jnp.stack(new_v))
-        return x, new_cache
+                # Write this chunk's keys and values into the stacked cache: an in-place slice update
+                # (inside the decode loop) instead of rebuilding the whole cache every token.
+                at = (i, 0, pos, 0, 0)
+                cache = KVCache(jax.lax.dynamic_update_slice(cache.k, chunk[0][None], at),
+                                jax.lax.dynamic_update_slice(cache.v, chunk[1][None], at))
+        return self.ln_f(x), cache
 
     def logits(self, x):
         """Project hidden states (B, T, C) onto the vocabulary with the tied embedding -> float32."""
