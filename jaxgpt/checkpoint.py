@@ -24,14 +24,14 @@ TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def _manager(run_dir: Path, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
+def _manager(run_dir: Path, keep: int = 1, create: bool = True) -> ocp.CheckpointManager:
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(keep),
         checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
-    # `create=False` rather than Orbax's read_only mode, which logs warnings on every open.
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only)
+    # Readers pass create=False rather than use Orbax's read_only mode, which logs warnings on every open.
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=create)
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR, options=options,
                                  item_names=("state", "meta"))
 
@@ -98,7 +98,7 @@ def load_model(run_dir: str | Path, step: int | None = None):
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a directory; pass a run directory written by train.py")
     cfg = read_run_config(run_dir)
-    manager = _manager(run_dir, read_only=True) if (run_dir / CHECKPOINT_DIR).is_dir() else None
+    manager = _manager(run_dir, create=False) if (run_dir / CHECKPOINT_DIR).is_dir() else None
     if cfg is None or manager is None or manager.latest_step() is None:
         raise UserError(f"{run_dir} holds no checkpoint (no {CONFIG_FILE} or {CHECKPOINT_DIR}/); "
                         "train one with `python train.py --train.out_dir=...` first")

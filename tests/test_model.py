@@ -45,7 +45,7 @@ def test_logits_shape_and_tied_head(tiny_model):
     tokens = jnp.arange(10)[None] % tiny_model.vocab_size
     logits = GPT(tiny_model).apply({"params": params}, tokens)
     assert logits.shape == (1, 10, tiny_model.vocab_size) and logits.dtype == jnp.float32
-    # The head is the embedding matrix: zeroing wte changes the logits to exactly zero... plus nothing else.
+    # The head is the token embedding itself: with wte zeroed, every logit is exactly zero.
     zeroed = jax.tree.map(lambda x: x, params)
     zeroed["wte"] = {"embedding": jnp.zeros_like(params["wte"]["embedding"])}
     assert float(jnp.abs(GPT(tiny_model).apply({"params": zeroed}, tokens)).max()) == 0.0
