@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxgpt.config import Config
+from jaxgpt.config import Config, save_json
 from jaxgpt.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -73,6 +73,20 @@ class Checkpointer:
         self.manager.close()
 
 
+def save_model(out_dir: str | Path, cfg: Config, params, tokenizer_meta: dict | None, meta: dict) -> None:
+    """Write a params-only model directory (config.json, tokenizer.json, checkpoints/0) that `load_model`
+    reads like a run directory; used for converted weights."""
+    out_dir = Path(out_dir)
+    manager = _manager(out_dir, keep=1)
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    save_json(cfg, out_dir / CONFIG_FILE)
+    if tokenizer_meta is not None:
+        (out_dir / TOKENIZER_FILE).write_text(json.dumps(tokenizer_meta))
+
+
 def read_run_config(run_dir: str | Path) -> Config | None:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
@@ -90,7 +104,7 @@ def load_model(run_dir: str | Path, step: int | None = None):
         run_dir: a run directory written by train.py.
         step: which checkpoint (default: the latest).
     Returns:
-        (config, params, tokenizer meta dict, step).
+        (config, params, tokenizer meta dict or None if unknown, step).
     """
     from jaxgpt.model import init_params  # local: keeps this module importable without building models
 
@@ -105,10 +119,8 @@ def load_model(run_dir: str | Path, step: int | None = None):
     step = manager.latest_step() if step is None else step
     if step not in manager.all_steps():
         raise UserError(f"{run_dir} has no checkpoint at step {step}; it has {manager.all_steps()}")
-    tok_path = run_dir / TOKENIZER_FILE
-    if not tok_path.is_file():
-        raise UserError(f"{tok_path} is missing; the run directory is incomplete")
-    tokenizer_meta = json.loads(tok_path.read_text())
+    tok_path = run_dir / TOKENIZER_FILE  # absent for converted models whose tokenizer is unknown
+    tokenizer_meta = json.loads(tok_path.read_text()) if tok_path.is_file() else None
     abstract_params = jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     # Restore only the parameters, onto one device: the optimizer state is not needed to sample.

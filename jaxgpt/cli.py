@@ -1,4 +1,4 @@
-"""Command-line entry points: `python train.py` and the `jaxgpt` command (train, sample, prepare).
+"""Command-line entry points: `python train.py` and the `jaxgpt` command (train, sample, prepare, convert).
 
 Every command turns a `UserError` into one line on stderr and exit status 2, so no traceback reaches
 the user for a mistake they can fix.
@@ -56,6 +56,7 @@ def main_train(argv: list[str]) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import jax
 
+    from jaxgpt import convert
     from jaxgpt.checkpoint import load_model
     from jaxgpt.model import GPT
     from jaxgpt.sampling import check_settings, generate
@@ -64,13 +65,21 @@ def _sample(args: argparse.Namespace) -> int:
     check_settings(args.temperature, args.top_k, args.top_p)
     if args.num_tokens < 1 or args.num_samples < 1:
         raise UserError("--num-tokens and --num-samples must be at least 1")
-    cfg, params, tok_meta, step = load_model(args.run_dir, args.step)
+    if convert.detect(args.run_dir) == convert.JAXGPT:
+        cfg, params, tok_meta, step = load_model(args.run_dir, args.step)
+        model_cfg = cfg.model
+    else:  # Hugging Face or OpenAI weights are read directly, without converting them first
+        model_cfg, params = convert.load_pretrained(args.run_dir)
+        tok_meta, step = convert.read_tokenizer_meta(args.run_dir), 0
+    if tok_meta is None:
+        raise UserError(f"{args.run_dir} does not say which tokenizer its model uses (no tokenizer.json), "
+                        "so it cannot turn text into tokens")
     tokenizer = tokenizer_from_meta(tok_meta)
     prompt = args.prompt.encode("latin-1", "backslashreplace").decode("unicode_escape")
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt encodes to no tokens; give a non-empty --prompt")
-    out = generate(GPT(cfg.model), params, [ids] * args.num_samples, args.num_tokens,
+    out = generate(GPT(model_cfg), params, [ids] * args.num_samples, args.num_tokens,
                    key=jax.random.key(args.seed), temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, eot_id=tokenizer.eot_id)
     for i, row in enumerate(out):
@@ -88,13 +97,21 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from jaxgpt.convert import convert
+
+    print(convert(args.src, args.dst, args.to, args.overwrite, args.step))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT-2 in JAX: train, sample, prepare data.")
+    parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT-2 in JAX: train, sample, prepare data, convert weights.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="pretrain (same as python train.py)", add_help=False)
 
-    s = sub.add_parser("sample", help="generate text from a trained run directory")
-    s.add_argument("run_dir", help="a run directory written by train.py")
+    s = sub.add_parser("sample", help="generate text from a trained run or a pretrained GPT-2 directory")
+    s.add_argument("run_dir", help="a run directory written by train.py, a converted model, or a Hugging "
+                   "Face / OpenAI GPT-2 directory")
     s.add_argument("--prompt", default="\n", help="text to continue (escapes such as \\n work)")
     s.add_argument("--num-tokens", type=int, default=200)
     s.add_argument("--num-samples", type=int, default=1)
@@ -111,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="data")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.set_defaults(fn=_prepare)
+
+    c = sub.add_parser("convert", help="convert GPT-2 weights: OpenAI or Hugging Face -> jaxgpt, jaxgpt -> HF")
+    c.add_argument("src", help="a Hugging Face GPT-2 directory, OpenAI's release directory, or a jaxgpt run")
+    c.add_argument("dst", help="the new directory to write")
+    c.add_argument("--to", choices=("jaxgpt", "hf"), default=None,
+                   help="output format (default: jaxgpt, or hf when SRC is a jaxgpt run)")
+    c.add_argument("--overwrite", action="store_true", help="replace DST if it is an earlier output")
+    c.add_argument("--step", type=int, default=None, help="checkpoint step of a jaxgpt SRC (default: latest)")
+    c.set_defaults(fn=_convert)
     return parser
 
 

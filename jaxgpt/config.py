@@ -89,6 +89,7 @@ class TrainConfig:
     sample_prompt: str = "\n"
     keep_checkpoints: int = 2  # latest N kept, plus the best by validation loss
     progress: bool = True  # one updating progress line on a terminal
+    init_from: str = ""  # start from pretrained weights: a jaxgpt, Hugging Face or OpenAI GPT-2 directory
 
 
 @dataclass(frozen=True)

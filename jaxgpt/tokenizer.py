@@ -65,6 +65,14 @@ def _gpt2_byte_decoder() -> dict[str, int]:
     return decoder
 
 
+def gpt2_files() -> dict[str, bytes]:
+    """OpenAI's two GPT-2 vocabulary files, checked, under the names Hugging Face uses
+    (vocab.json = encoder.json, merges.txt = vocab.bpe)."""
+    data_dir = _gpt2_data_dir()
+    return {"vocab.json": _read_verified(data_dir / "encoder.json", _ENCODER_JSON_SHA256),
+            "merges.txt": _read_verified(data_dir / "vocab.bpe", _VOCAB_BPE_SHA256)}
+
+
 @functools.cache
 def _gpt2_encoding() -> tiktoken.Encoding:
     data_dir = _gpt2_data_dir()

@@ -67,6 +67,26 @@ def _check_resume(run_dir: Path, cfg: Config, tokenizer_meta: dict) -> None:
                         "use the run's data or a new train.out_dir")
 
 
+def _adopt_pretrained(cfg: Config, tokenizer_meta: dict, vocab_size: int) -> Config:
+    """Take the model's shape from `train.init_from`, after checking it fits the data and the context."""
+    from jaxgpt import convert
+
+    src = cfg.train.init_from
+    pre, pre_tok = convert.read_config(src), convert.read_tokenizer_meta(src)
+    if pre_tok is not None and pre_tok != tokenizer_meta:
+        hint = (f"set --data.tokenizer={pre_tok['kind']}" if pre_tok["kind"] != tokenizer_meta["kind"]
+                else "use data with the same characters or words")
+        raise UserError(f"the model in {src} was trained with another tokenizer ({pre_tok['kind']}) than the "
+                        f"data's ({tokenizer_meta['kind']}); {hint}")
+    if pre_tok is None and vocab_size > pre.vocab_size:
+        raise UserError(f"the data's tokenizer has {vocab_size} tokens but the model in {src} only {pre.vocab_size}")
+    if cfg.model.block_size > pre.block_size:
+        raise UserError(f"model.block_size={cfg.model.block_size} exceeds the {pre.block_size} positions of the "
+                        f"model in {src}; set --model.block_size={pre.block_size} or less")
+    shape = {f: getattr(pre, f) for f in ("vocab_size", "n_layer", "n_head", "n_embd", "qkv_bias", "layer_norm_eps")}
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **shape))
+
+
 class Trainer:
     """Holds what one run needs; `run()` trains to `train.max_steps`."""
 
@@ -78,8 +98,10 @@ class Trainer:
             raise UserError(f"train.out_dir {self.run_dir} exists and is not a directory")
         self.data = data.prepare(cfg.data.source, cfg.data.tokenizer, cfg.data.cache_dir, cfg.data.val_fraction)
         self.tokenizer = tokenizer_from_meta(self.data.tokenizer_meta)
-        # The vocabulary belongs to the data: the model's output layer is sized from the tokenizer.
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size))
+        if tc.init_from:  # the pretrained model fixes the shape; dropout, dtypes and context stay ours
+            cfg = _adopt_pretrained(cfg, self.data.tokenizer_meta, self.tokenizer.vocab_size)
+        else:  # the vocabulary belongs to the data: the output layer is sized from the tokenizer
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size))
         self.cfg = cfg
         _check_resume(self.run_dir, cfg, self.data.tokenizer_meta)
         for split, tokens in (("train", self.data.train), ("validation", self.data.val)):
@@ -104,6 +126,7 @@ class Trainer:
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
+        self._create = jax.jit(lambda params: TrainState.create(params, self.tx), out_shardings=self.state_sharding)
         self.train_step = jax.jit(
             functools.partial(train_step, model=self.model, tx=self.tx, seed=tc.seed),
             in_shardings=(self.state_sharding, (self.batch_sharding,) * 2),
@@ -144,11 +167,25 @@ class Trainer:
 
     def _restore_or_init(self, ckpt: checkpoint.Checkpointer, progress: Progress):
         step = ckpt.latest_step()
+        if step is None and self.cfg.train.init_from:
+            return self._pretrained(progress), {"tokens": 0, "best_val": None}
         if step is None:
             return self._init(jax.random.key(self.cfg.train.seed)), {"tokens": 0, "best_val": None}
         state, meta = ckpt.restore(self.abstract_state, step)
         progress.print(f"resuming from {self.run_dir}/checkpoints/{step} (step {step})")
         return state, meta
+
+    def _pretrained(self, progress: Progress) -> TrainState:
+        """A fresh TrainState around the weights of `train.init_from`, cut to our context length."""
+        from jaxgpt import convert
+
+        src, m = self.cfg.train.init_from, self.cfg.model
+        _, params = convert.load_pretrained(src)
+        params = {**params, "wpe": {"embedding": params["wpe"]["embedding"][:m.block_size]}}
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.dtype(m.param_dtype)), params)
+        progress.print(f"initialised from {src}: {m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, "
+                       f"vocab {m.vocab_size}, context {m.block_size}")
+        return self._create(params)
 
     def _log_sample(self, step: int, text: str, progress: Progress, title: str) -> None:
         """Print a sample and append it to samples.txt (earlier samples are kept)."""

@@ -45,3 +45,11 @@ def tiny_config(tmp_path, corpus) -> Config:
                           sample_interval=0,
                           sample_tokens=20, progress=False),
     )
+
+
+@pytest.fixture
+def fixtures_dir():
+    """Committed test inputs (see tests/fixtures/*.py for how each was made)."""
+    from pathlib import Path
+
+    return Path(__file__).parent / "fixtures"

@@ -64,11 +64,11 @@ def test_missing_config_file(tmp_path, capsys):
     (["--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["--top-p", "0"], "top_p must be in (0, 1]"),
     (["--num-tokens", "0"], "at least 1"),
-    ([], "holds no checkpoint"),
+    ([], "is neither a Hugging Face GPT-2 directory"),
 ])
 def test_sample_bad_input(tmp_path, capsys, args, pattern):
     _assert_one_line_error(main(["sample", str(tmp_path), *args]), capsys, pattern)
 
 
 def test_sample_missing_directory(tmp_path, capsys):
-    _assert_one_line_error(main(["sample", str(tmp_path / "nope")]), capsys, "is not a directory")
+    _assert_one_line_error(main(["sample", str(tmp_path / "nope")]), capsys, "does not exist")

@@ -1,0 +1,323 @@
+"""Pretrained GPT-2 weights in and out: OpenAI's TensorFlow release, Hugging Face directories, jaxgpt.
+
+Every format passes through one table of Hugging Face tensor names without the `transformer.` prefix
+("wte.weight", "h.0.attn.c_attn.weight", ...), each paired with its path in the Flax params tree and its
+shape. GPT-2's Conv1D weights are stored (in, out), as Flax Dense kernels are, so no tensor is transposed;
+OpenAI's TensorFlow weights carry one extra leading axis of size 1, which is dropped. The output head is
+tied to `wte` in all three formats.
+
+Kinds of directory (`detect`):
+- "hf": `config.json` + `model.safetensors` (or a sharded `model.safetensors.index.json`, or a
+  `pytorch_model.bin`, read only with PyTorch's weights_only loader);
+- "openai": `hparams.json` + `model.ckpt.index` + `model.ckpt.data-*` (read without TensorFlow);
+- "jaxgpt": a run or converted-model directory (`config.json` + `checkpoints/`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgpt import checkpoint, safetensors
+from jaxgpt.config import Config, DataConfig, ModelConfig, validate
+from jaxgpt.errors import UserError
+from jaxgpt.files import staged_dir
+
+HF, OPENAI, JAXGPT = "hf", "openai", "jaxgpt"
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TOKENIZER_COPY = "jaxgpt_tokenizer.json"  # a jaxgpt tokenizer travels with an exported HF directory
+_HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old HF files, not weights
+
+# Per-layer tensors: HF suffix -> path inside the Flax block `h_i`.
+_LAYER = {
+    "ln_1.weight": ("ln_1", "scale"), "ln_1.bias": ("ln_1", "bias"),
+    "attn.c_attn.weight": ("attn", "c_attn", "kernel"), "attn.c_attn.bias": ("attn", "c_attn", "bias"),
+    "attn.c_proj.weight": ("attn", "c_proj", "kernel"), "attn.c_proj.bias": ("attn", "c_proj", "bias"),
+    "ln_2.weight": ("ln_2", "scale"), "ln_2.bias": ("ln_2", "bias"),
+    "mlp.c_fc.weight": ("mlp", "c_fc", "kernel"), "mlp.c_fc.bias": ("mlp", "c_fc", "bias"),
+    "mlp.c_proj.weight": ("mlp", "c_proj", "kernel"), "mlp.c_proj.bias": ("mlp", "c_proj", "bias"),
+}
+
+
+def name_table(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """HF name -> (Flax params path, shape) for every tensor of a GPT-2 with this config."""
+    C, F = cfg.n_embd, 4 * cfg.n_embd
+    shapes = {"attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,), "attn.c_proj.weight": (C, C),
+              "mlp.c_fc.weight": (C, F), "mlp.c_fc.bias": (F,), "mlp.c_proj.weight": (F, C)}
+    table = {"wte.weight": (("wte", "embedding"), (cfg.vocab_size, C)),
+             "wpe.weight": (("wpe", "embedding"), (cfg.block_size, C))}
+    for i in range(cfg.n_layer):
+        for suffix, path in _LAYER.items():
+            if suffix != "attn.c_attn.bias" or cfg.qkv_bias:
+                table[f"h.{i}.{suffix}"] = ((f"h_{i}", *path), shapes.get(suffix, (C,)))
+    table["ln_f.weight"] = (("ln_f", "scale"), (C,))
+    table["ln_f.bias"] = (("ln_f", "bias"), (C,))
+    return table
+
+
+def _tf_name(hf_name: str) -> str:
+    """'h.0.attn.c_attn.weight' -> 'model/h0/attn/c_attn/w'; 'ln_f.weight' -> 'model/ln_f/g'."""
+    *mods, leaf = hf_name.split(".")
+    if mods[0] in ("wte", "wpe"):
+        return f"model/{mods[0]}"
+    if mods[0] == "h":
+        mods = [f"h{mods[1]}", *mods[2:]]
+    leaf = "b" if leaf == "bias" else ("g" if mods[-1].startswith("ln") else "w")
+    return "model/" + "/".join([*mods, leaf])
+
+
+def _is_conv(hf_name: str) -> bool:
+    return hf_name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+
+
+def _describe(cfg: ModelConfig) -> str:
+    return (f"n_layer={cfg.n_layer}, n_head={cfg.n_head}, n_embd={cfg.n_embd}, vocab={cfg.vocab_size}, "
+            f"context={cfg.block_size}")
+
+
+def _to_params(cfg: ModelConfig, tensors: dict, source: Path, key: Callable[[str], str],
+               stored_shape: Callable[[str, tuple], tuple] = lambda n, s: s, ignore: frozenset = frozenset()):
+    """Check `tensors` (named as the source names them, via `key`) against the table; build params."""
+    table = name_table(cfg)
+    for name, (_, shape) in table.items():
+        if key(name) not in tensors:
+            raise UserError(f"{source} has no tensor {key(name)!r}, which a GPT-2 with {_describe(cfg)} needs; "
+                            "the download is incomplete or its config does not match its weights")
+        found, expected = tuple(tensors[key(name)].shape), stored_shape(name, shape)
+        if found != expected:
+            raise UserError(f"tensor {key(name)!r} in {source} has shape {found}, expected {expected} for "
+                            f"{_describe(cfg)}; the config does not match the weights")
+    extra = sorted(set(tensors) - {key(n) for n in table} - ignore)
+    if extra:
+        raise UserError(f"{source} has tensor {extra[0]!r} (and {len(extra) - 1} more) that a GPT-2 with "
+                        f"{_describe(cfg)} does not have; the config does not match the weights")
+    params: dict = {}
+    for name, (path, shape) in table.items():
+        node = params
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        array = np.asarray(tensors[key(name)]).reshape(shape)  # drops TF's leading conv axis
+        node[path[-1]] = jnp.asarray(array, dtype=jnp.dtype(cfg.param_dtype))
+    return params
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path} as JSON ({e}); download it again") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path} is not a JSON object; download it again")
+    return d
+
+
+def _model_config(path: Path, **fields) -> ModelConfig:
+    try:
+        cfg = ModelConfig(**{k: int(v) if k != "layer_norm_eps" else float(v) for k, v in fields.items()})
+        validate(Config(model=cfg))
+    except (TypeError, ValueError):
+        raise UserError(f"{path} has a missing or non-numeric size ({fields}); download it again") from None
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return cfg
+
+
+def _hf_config(path: Path) -> ModelConfig:
+    d = _read_json(path)
+    if d.get("model_type", "gpt2") != "gpt2":
+        raise UserError(f"{path} describes a {d['model_type']!r} model; only GPT-2 (model_type 'gpt2') converts")
+    unsupported = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "scale_attn_weights": (True,),
+                   "scale_attn_by_inverse_layer_idx": (False,), "tie_word_embeddings": (True,),
+                   "add_cross_attention": (False,), "n_inner": (None, 4 * d.get("n_embd", 0))}
+    for key, allowed in unsupported.items():
+        if key in d and d[key] not in allowed:
+            raise UserError(f"{path} sets {key}={d[key]!r}, which jaxgpt's GPT-2 does not implement "
+                            f"(supported: {', '.join(map(repr, allowed))})")
+    return _model_config(path, vocab_size=d.get("vocab_size"), block_size=d.get("n_positions", d.get("n_ctx")),
+                         n_layer=d.get("n_layer"), n_head=d.get("n_head"), n_embd=d.get("n_embd"),
+                         layer_norm_eps=d.get("layer_norm_epsilon", 1e-5))
+
+
+def _openai_config(path: Path) -> ModelConfig:
+    d = _read_json(path)
+    return _model_config(path, vocab_size=d.get("n_vocab"), block_size=d.get("n_ctx"), n_layer=d.get("n_layer"),
+                         n_head=d.get("n_head"), n_embd=d.get("n_embd"))
+
+
+def _torch_tensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise UserError(f"{path} is a PyTorch file, and reading it needs PyTorch: `pip install torch` (the CPU "
+                        "build is enough), or use the model.safetensors version of these weights") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except Exception as e:
+        raise UserError(f"cannot load {path} with torch.load(weights_only=True): "
+                        f"{str(e).strip().splitlines()[0][:200]}; it is damaged or holds more than tensors") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise UserError(f"{path} is not a state dict of tensors")
+    return {k: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for k, t in state.items()}
+
+
+def _hf_tensors(d: Path) -> dict[str, np.ndarray]:
+    if (d / "model.safetensors").is_file():
+        return safetensors.load(d / "model.safetensors")[0]
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index} has no weight_map; download it again")
+        tensors = {}
+        for file in sorted(set(weight_map.values())):
+            shard = safetensors.load(d / file)[0]
+            tensors.update({k: v for k, v in shard.items() if weight_map.get(k) == file})
+        return tensors
+    return _torch_tensors(d / "pytorch_model.bin")
+
+
+def _tf_prefix(d: Path) -> Path | None:
+    indexes = sorted(d.glob("*.index"))
+    return indexes[0].with_suffix("") if len(indexes) == 1 else None
+
+
+def detect(path: str | Path) -> str:
+    """'hf', 'openai' or 'jaxgpt' for a model directory; a UserError for anything else."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p} does not exist")
+    if not p.is_dir():
+        raise UserError(f"{p} is a file; pass the directory that holds the model's files")
+    if (p / "config.json").is_file() and (p / checkpoint.CHECKPOINT_DIR).is_dir():
+        return JAXGPT
+    if (p / "config.json").is_file() and any((p / f).is_file() for f in HF_WEIGHTS):
+        return HF
+    if (p / "hparams.json").is_file():
+        if _tf_prefix(p) is None:
+            raise UserError(f"{p} has hparams.json but not exactly one model.ckpt.index; download OpenAI's "
+                            "hparams.json, model.ckpt.index and model.ckpt.data-00000-of-00001 into it")
+        return OPENAI
+    raise UserError(f"{p} is neither a Hugging Face GPT-2 directory (config.json + model.safetensors), "
+                    "OpenAI's release (hparams.json + model.ckpt.*) nor a jaxgpt run (config.json + checkpoints/)")
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    """The model config of any kind of model directory, without reading its weights."""
+    p, kind = Path(path), detect(path)
+    if kind == HF:
+        return _hf_config(p / "config.json")
+    if kind == OPENAI:
+        return _openai_config(p / "hparams.json")
+    return checkpoint.read_run_config(p).model
+
+
+def read_tokenizer_meta(path: str | Path) -> dict | None:
+    """The tokenizer a model directory was trained with: saved metadata, else GPT-2's BPE for a
+    vocabulary of 50,257 or more (OpenAI's and HF's GPT-2), else None (unknown)."""
+    p, kind = Path(path), detect(path)
+    saved = p / (checkpoint.TOKENIZER_FILE if kind == JAXGPT else TOKENIZER_COPY)
+    if saved.is_file():
+        return _read_json(saved)
+    if read_config(p).vocab_size >= 50257:
+        from jaxgpt.tokenizer import GPT2Tokenizer
+
+        return GPT2Tokenizer().meta()
+    return None
+
+
+def load_pretrained(path: str | Path, step: int | None = None) -> tuple[ModelConfig, dict]:
+    """Read GPT-2 weights of any kind (see `detect`) into (config, params) ready for `GPT(config).apply`.
+
+    Args:
+        path: a Hugging Face, OpenAI or jaxgpt model directory.
+        step: for a jaxgpt run, the checkpoint to read (default: the latest).
+    """
+    p, kind = Path(path), detect(path)
+    if kind == JAXGPT:
+        cfg, params, _, _ = checkpoint.load_model(p, step)
+        return cfg.model, params
+    if kind == HF:
+        cfg = _hf_config(p / "config.json")
+        tensors = _hf_tensors(p)
+        prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
+        head = tensors.get("lm_head.weight")
+        wte = tensors.get(prefix + "wte.weight")
+        if head is not None and wte is not None and not np.array_equal(head, wte):
+            raise UserError(f"{p} has an output head (lm_head.weight) that differs from wte; jaxgpt ties them")
+        ignore = frozenset({"lm_head.weight"} | {k for k in tensors if k.endswith(_HF_BUFFERS)})
+        return cfg, _to_params(cfg, tensors, p, lambda n: prefix + n, ignore=ignore)
+    from jaxgpt.tf_checkpoint import read_tf_checkpoint
+
+    cfg = _openai_config(p / "hparams.json")
+    tensors = read_tf_checkpoint(_tf_prefix(p))
+    return cfg, _to_params(cfg, tensors, p, _tf_name, lambda n, s: (1, *s) if _is_conv(n) else s)
+
+
+def hf_config_dict(cfg: ModelConfig) -> dict:
+    """A transformers GPT2Config dict for this model."""
+    d = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+         "n_positions": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+         "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": cfg.dropout,
+         "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "layer_norm_epsilon": cfg.layer_norm_eps,
+         "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True,
+         "tie_word_embeddings": True, "torch_dtype": cfg.param_dtype}
+    if cfg.vocab_size > 50256:
+        d.update(bos_token_id=50256, eos_token_id=50256)
+    return d
+
+
+def save_hf(cfg: ModelConfig, params, out_dir: str | Path, tokenizer_meta: dict | None = None,
+            overwrite: bool = False) -> Path:
+    """Write a Hugging Face directory (config.json + model.safetensors) that
+    `transformers.GPT2LMHeadModel.from_pretrained` loads. Without q/k/v biases, zeros are written."""
+    tensors = {}
+    for name, (path, shape) in name_table(dataclasses.replace(cfg, qkv_bias=True)).items():
+        node = params
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        tensors["transformer." + name] = np.zeros(shape, cfg.param_dtype) if node is None else np.asarray(node)
+    with staged_dir(out_dir, overwrite) as tmp:
+        safetensors.save(tmp / "model.safetensors", tensors, {"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
+        if tokenizer_meta is not None:
+            (tmp / TOKENIZER_COPY).write_text(json.dumps(tokenizer_meta))
+            if tokenizer_meta.get("kind") == "gpt2":
+                from jaxgpt.tokenizer import gpt2_files
+
+                for name, data in gpt2_files().items():  # vocab.json and merges.txt for HF's tokenizer
+                    (tmp / name).write_bytes(data)
+    return Path(out_dir)
+
+
+def save_jaxgpt(cfg: ModelConfig, params, out_dir: str | Path, tokenizer_meta: dict | None,
+                source: str, overwrite: bool = False) -> Path:
+    """Write a jaxgpt model directory (step 0) that `jaxgpt sample` and `train.init_from` read."""
+    data = DataConfig(tokenizer=tokenizer_meta["kind"]) if tokenizer_meta else DataConfig()
+    with staged_dir(out_dir, overwrite) as tmp:
+        checkpoint.save_model(tmp, Config(model=cfg, data=data), params, tokenizer_meta, {"converted_from": source})
+    return Path(out_dir)
+
+
+def convert(src: str | Path, dst: str | Path, to: str | None = None, overwrite: bool = False,
+            step: int | None = None) -> str:
+    """Convert the model directory `src` into `dst` (`to`: 'jaxgpt' or 'hf'; default: jaxgpt, or hf for a
+    jaxgpt source). Nothing is written unless the whole conversion succeeds. Returns a summary line."""
+    kind = detect(src)
+    to = to or (HF if kind == JAXGPT else JAXGPT)
+    if to not in (HF, JAXGPT):
+        raise UserError(f"cannot convert to {to!r}; choose 'jaxgpt' or 'hf'")
+    if Path(dst).exists() and not overwrite:
+        raise UserError(f"{dst} already exists; choose a new destination or pass --overwrite to replace it")
+    cfg, params = load_pretrained(src, step)
+    tok = read_tokenizer_meta(src)
+    if to == HF:
+        save_hf(cfg, params, dst, tok, overwrite)
+    else:
+        save_jaxgpt(cfg, params, dst, tok, f"{kind}:{Path(src).resolve()}", overwrite)
+    n = sum(int(np.prod(s)) for _, s in name_table(cfg).values())
+    return f"converted {kind} {src} -> {to} {dst}: {_describe(cfg)}, {n:,} parameters"

@@ -1,0 +1,45 @@
+"""Writing output directories so that nothing is lost: all or nothing, and never over something else."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from jaxgpt.errors import UserError
+
+
+@contextlib.contextmanager
+def staged_dir(dst: str | Path, overwrite: bool = False, marker: str = "config.json") -> Iterator[Path]:
+    """Yield an empty staging folder beside `dst`; on success it becomes `dst` in one rename.
+
+    An existing `dst` is refused unless `overwrite`, and even then only if it is empty or looks like an
+    earlier output (it holds `marker`): a mistyped path never deletes someone's folder. On any error
+    the staging folder is removed and `dst` is left as it was.
+    """
+    dst = Path(dst)
+    if dst.exists():
+        if not overwrite:
+            raise UserError(f"{dst} already exists; choose a new destination or pass --overwrite to replace it")
+        if not dst.is_dir() or (any(dst.iterdir()) and not (dst / marker).is_file()):
+            raise UserError(f"{dst} exists and is not an earlier output (no {marker}); refusing to replace it")
+    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create {tmp}: {e.strerror}; check the destination's folder and permissions") from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(dst)
