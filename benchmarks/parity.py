@@ -89,7 +89,7 @@ def main() -> None:
                                     attention_mask=torch.ones(prompt.shape, dtype=torch.long),
                                     pad_token_id=0, eos_token_id=None).numpy()
 
-    print(f"| model | batch x seq | max abs logit diff | loss diff | worst grad rel. error | greedy 40 | load |")
+    print("| model | batch x seq | max abs logit diff | loss diff | worst grad rel. error | greedy 40 | load |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.hf_dir or args.preset + ' (random)'} | {args.batch}x{args.seq} | "
           f"{np.abs(logits - ref.logits.detach().numpy()).max():.2e} | {abs(float(loss) - ref_loss.item()):.2e} | "

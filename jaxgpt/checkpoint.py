@@ -73,12 +73,14 @@ class Checkpointer:
         self.manager.close()
 
 
-def save_model(out_dir: str | Path, cfg: Config, params, tokenizer_meta: dict | None, meta: dict) -> None:
+def save_model(out_dir: str | Path, cfg: Config, params, tokenizer_meta: dict | None, meta: dict,
+               extra: dict | None = None) -> None:
     """Write a params-only model directory (config.json, tokenizer.json, checkpoints/0) that `load_model`
-    reads like a run directory; used for converted weights."""
+    reads like a run directory; used for converted and finetuned weights. `extra` items (e.g. a
+    classifier head) are saved beside the GPT params."""
     out_dir = Path(out_dir)
     manager = _manager(out_dir, keep=1)
-    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}),
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params, **(extra or {})}),
                                             meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
     manager.close()
@@ -97,12 +99,14 @@ def read_run_config(run_dir: str | Path) -> Config | None:
         raise UserError(f"{path} is not valid JSON ({e}); restore it or use a new train.out_dir") from None
 
 
-def load_model(run_dir: str | Path, step: int | None = None):
+def load_model(run_dir: str | Path, step: int | None = None, extra: dict | None = None):
     """Read a trained model for inference.
 
     Args:
         run_dir: a run directory written by train.py.
         step: which checkpoint (default: the latest).
+        extra: more items of the saved state to restore, as {name: abstract pytree} (e.g. a classifier's
+            head); they are returned inside `params` under their names.
     Returns:
         (config, params, tokenizer meta dict or None if unknown, step).
     """
@@ -121,12 +125,11 @@ def load_model(run_dir: str | Path, step: int | None = None):
         raise UserError(f"{run_dir} has no checkpoint at step {step}; it has {manager.all_steps()}")
     tok_path = run_dir / TOKENIZER_FILE  # absent for converted models whose tokenizer is unknown
     tokenizer_meta = json.loads(tok_path.read_text()) if tok_path.is_file() else None
-    abstract_params = jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
+    item = {"params": jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0))), **(extra or {})}
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     # Restore only the parameters, onto one device: the optimizer state is not needed to sample.
     args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": abstract_params},
-        restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), {"params": abstract_params}),
+        item=item, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), item),
         partial_restore=True,
     ))
     try:
@@ -134,4 +137,5 @@ def load_model(run_dir: str | Path, step: int | None = None):
     except Exception as e:
         raise UserError(f"cannot read checkpoint step {step} in {run_dir}: {type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}") from None
-    return cfg, restored.state["params"], tokenizer_meta, step
+    params = restored.state["params"]
+    return cfg, ({**{k: restored.state[k] for k in extra}, "gpt": params} if extra else params), tokenizer_meta, step

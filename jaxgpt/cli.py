@@ -104,8 +104,52 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from jaxgpt.finetune import classify, common, instruct
+
+    module = classify if args.recipe == "classify" else instruct
+    cls = classify.ClassifyConfig if args.recipe == "classify" else instruct.InstructConfig
+    module.finetune(common.from_arguments(cls, args))
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from jaxgpt.finetune.classify import classify
+
+    for text, (label, prob) in zip(args.texts, classify(args.ckpt, args.texts)):
+        print(f"{label}\t{prob:.3f}\t{text}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxgpt.checkpoint import load_model
+    from jaxgpt.finetune.instruct import respond
+    from jaxgpt.tokenizer import tokenizer_from_meta
+
+    cfg, params, tok_meta, _ = load_model(args.model_dir)
+    if tok_meta is None or tokenizer_from_meta(tok_meta).eot_id is None:
+        raise UserError(f"{args.model_dir} has no tokenizer with <|endoftext|>; chat needs an instruction-finetuned "
+                        "GPT-2 BPE model from `jaxgpt finetune instruct`")
+    tokenizer = tokenizer_from_meta(tok_meta)
+    interactive = not args.instruction
+    lines = [" ".join(args.instruction)] if args.instruction else iter(lambda: input("> "), None)
+    try:
+        for line in lines:
+            if not line.strip():
+                break
+            entry = {"instruction": line.strip(), "input": args.input}
+            print(respond(cfg.model, jax.device_put(params), tokenizer, [entry], args.max_new_tokens)[0])
+    except EOFError:
+        if interactive:
+            print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxgpt", description="GPT-2 in JAX: train, sample, prepare data, convert weights.")
+    parser = argparse.ArgumentParser(
+        prog="jaxgpt", description="GPT-2 in JAX: train, sample, prepare data, convert weights, finetune.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="pretrain (same as python train.py)", add_help=False)
 
@@ -137,6 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace DST if it is an earlier output")
     c.add_argument("--step", type=int, default=None, help="checkpoint step of a jaxgpt SRC (default: latest)")
     c.set_defaults(fn=_convert)
+
+    from jaxgpt.finetune import classify, common, instruct
+
+    f = sub.add_parser("finetune", help="finetune a pretrained GPT: classify (text labels) or instruct (Alpaca)")
+    recipes = f.add_subparsers(dest="recipe", required=True)
+    for name, cls, text in (("classify", classify.ClassifyConfig, "a text classifier from a CSV/TSV file "
+                             "(default: comedy vs tragedy passages)"),
+                            ("instruct", instruct.InstructConfig, "instruction following from Alpaca JSON/JSONL "
+                             "(default: a generated, verifiable instruction set)")):
+        r = recipes.add_parser(name, help=text)
+        common.add_arguments(r, cls)
+        r.set_defaults(fn=_finetune)
+
+    k = sub.add_parser("classify", help="label texts with a classifier from `jaxgpt finetune classify`")
+    k.add_argument("--ckpt", required=True, help="the classifier's directory")
+    k.add_argument("texts", nargs="+", help="texts to classify")
+    k.set_defaults(fn=_classify)
+
+    h = sub.add_parser("chat", help="answer instructions with a model from `jaxgpt finetune instruct`")
+    h.add_argument("model_dir")
+    h.add_argument("instruction", nargs="*", help="one instruction (default: read them line by line)")
+    h.add_argument("--input", default="", help="the Alpaca 'input' field for the instruction")
+    h.add_argument("--max-new-tokens", type=int, default=128)
+    h.set_defaults(fn=_chat)
     return parser
 
 

@@ -23,3 +23,22 @@ def test_parity_benchmark_runs_on_a_tiny_model():
     assert res.returncode == 0, res.stderr
     row = res.stdout.splitlines()[-1]
     assert row.startswith("| tiny (random) | 1x8 |") and "identical" in row, res.stdout
+
+
+def test_finetune_benchmark_runs_quickly_from_a_tiny_base(tmp_path):
+    import jax
+
+    from jaxgpt import checkpoint
+    from jaxgpt.config import Config, DataConfig, ModelConfig
+    from jaxgpt.model import init_params
+    from jaxgpt.tokenizer import GPT2Tokenizer
+
+    cfg = ModelConfig(vocab_size=50257, block_size=128, n_layer=1, n_head=2, n_embd=32)
+    checkpoint.save_model(tmp_path / "base", Config(model=cfg, data=DataConfig(tokenizer="gpt2")),
+                          init_params(cfg, jax.random.key(0)), GPT2Tokenizer().meta(), {})
+    res = subprocess.run([sys.executable, "benchmarks/finetune.py", "--base", str(tmp_path / "base"), "--quick",
+                          "--out", str(tmp_path / "out")],
+                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| classify") or line.startswith("| instruct")]
+    assert len(rows) == 4 and "exact match by kind" in res.stdout, res.stdout
