@@ -137,7 +137,8 @@ def test_only_the_chosen_parts_train_and_reach_the_optimizer(bpe_base, trainable
 
 def test_finetune_classify_end_to_end(bpe_base, tmp_path, capsys):
     data = tmp_path / "spam.tsv"
-    rows = [("spam", f"win a free prize now {i}") for i in range(40)] + [("ham", f"see you at lunch {i}") for i in range(40)]
+    rows = [("spam", f"win a free prize now {i}") for i in range(40)]
+    rows += [("ham", f"see you at lunch {i}") for i in range(40)]
     data.write_text("".join(f"{l}\t{t}\n" for l, t in rows))
     out = tmp_path / "clf"
     args = ["finetune", "classify", "--init-from", str(bpe_base), "--data", str(data), "--out-dir", str(out),

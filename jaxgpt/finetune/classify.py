@@ -37,8 +37,6 @@ class ClassifyConfig(common.FinetuneConfig):
     label_column: str = "label"
     text_column: str = "text"
     balance: bool = True  # undersample every class to the size of the smallest
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
     per_class: int = 600  # embedded task only: passages per class
 
 
@@ -46,13 +44,7 @@ def read_labeled(path: str | Path, label_column: str = "label", text_column: str
     """(label, text) rows of a CSV or TSV file with a header naming the two columns, or of a headerless
     two-column file (label first)."""
     path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"data file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path} as UTF-8 text ({e}); save it as UTF-8 CSV or TSV") from None
-    lines = raw.splitlines()
+    lines = common.read_text(path).splitlines()
     if not any(line.strip() for line in lines):
         raise UserError(f"data file {path} is empty")
     tab = path.suffix.lower() == ".tsv" or (path.suffix.lower() != ".csv" and "\t" in lines[0])
@@ -177,13 +169,7 @@ def _rows(split: Split, idx: np.ndarray, batch_size: int):
 
 def finetune(cfg: ClassifyConfig, log=print) -> dict:
     """Train a classifier as `cfg` says; write it and its reports to cfg.out_dir. Returns results.json's dict."""
-    common.check(cfg)
-    for key in ("val_fraction", "test_fraction"):
-        if not 0 < getattr(cfg, key) < 0.5:
-            raise UserError(f"--{key.replace('_', '-')} must be between 0 and 0.5")
-    out_dir = Path(cfg.out_dir or "out/classify")
-    if out_dir.exists() and not cfg.overwrite:
-        raise UserError(f"{out_dir} already exists; choose another --out-dir or pass --overwrite")
+    out_dir = common.check(cfg, "out/classify")
     examples = read_labeled(cfg.data, cfg.label_column, cfg.text_column) if cfg.data else \
         shakespeare_genres(cfg.per_class, cfg.seed)
     model_cfg, gpt_params, tokenizer = common.load_base(cfg)

@@ -53,6 +53,8 @@ class FinetuneConfig:
     dropout: float = 0.0
     max_length: int = 0  # longest example in tokens; 0 = the longest in the data, at most the context
     truncate: bool = True  # cut examples longer than max_length (and count them); False refuses them
+    val_fraction: float = 0.1  # of the examples, after shuffling with seed
+    test_fraction: float = 0.2
 
 
 def add_arguments(parser, cls: type) -> None:
@@ -74,7 +76,8 @@ def from_arguments(cls: type, args, **defaults):
     return cls(**{**defaults, **given})
 
 
-def check(cfg: FinetuneConfig, allowed: tuple[str, ...] = TRAINABLE) -> None:
+def check(cfg: FinetuneConfig, default_out: str, allowed: tuple[str, ...] = TRAINABLE) -> Path:
+    """Refuse impossible settings and an existing out_dir (unless --overwrite); returns the out_dir."""
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
                 "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "last_blocks": cfg.last_blocks}
     for key, value in positive.items():
@@ -84,6 +87,23 @@ def check(cfg: FinetuneConfig, allowed: tuple[str, ...] = TRAINABLE) -> None:
         raise UserError("--max-length and --weight-decay must not be negative, --dropout must be in [0, 1)")
     if cfg.trainable not in allowed:
         raise UserError(f"--trainable must be one of {', '.join(allowed)}, got {cfg.trainable!r}")
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 < getattr(cfg, key) < 0.5:
+            raise UserError(f"--{key.replace('_', '-')} must be between 0 and 0.5")
+    out_dir = Path(cfg.out_dir or default_out)
+    if out_dir.exists() and not cfg.overwrite:
+        raise UserError(f"{out_dir} already exists; choose another --out-dir or pass --overwrite")
+    return out_dir
+
+
+def read_text(path: str | Path) -> str:
+    """A data file's text, or a one-line error saying why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"data file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} as UTF-8 text ({e})") from None
 
 
 def load_base(cfg: FinetuneConfig) -> tuple[ModelConfig, dict, Tokenizer]:

@@ -45,12 +45,7 @@ class InstructConfig(common.FinetuneConfig):
 def read_instructions(path: str | Path) -> list[dict[str, str]]:
     """Alpaca-format examples from a JSON list or a JSON-lines file, checked field by field."""
     path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"data file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path} as UTF-8 text ({e})") from None
+    raw = common.read_text(path)
     try:
         if raw.lstrip().startswith("["):
             data = json.loads(raw)
@@ -135,13 +130,7 @@ def respond(model_cfg, params, tokenizer: Tokenizer, entries: list[dict], max_ne
 
 def finetune(cfg: InstructConfig, log=print) -> dict:
     """Finetune on instructions as `cfg` says; save the model, curves and test responses. Returns results."""
-    common.check(cfg, allowed=("all", "last_blocks", "lora"))
-    for key in ("val_fraction", "test_fraction"):
-        if not 0 < getattr(cfg, key) < 0.5:
-            raise UserError(f"--{key.replace('_', '-')} must be between 0 and 0.5")
-    out_dir = Path(cfg.out_dir or "out/instruct")
-    if out_dir.exists() and not cfg.overwrite:
-        raise UserError(f"{out_dir} already exists; choose another --out-dir or pass --overwrite")
+    out_dir = common.check(cfg, "out/instruct", allowed=("all", "last_blocks", "lora"))
     entries = read_instructions(cfg.data) if cfg.data else tasks.generate_tasks(cfg.n_tasks, cfg.seed)
     model_cfg, gpt_params, tokenizer = common.load_base(cfg)
     if tokenizer.eot_id is None:
