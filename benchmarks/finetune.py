@@ -48,9 +48,11 @@ def main() -> None:
     common = dict(init_from=str(base), overwrite=True, **({"epochs": args.epochs} if args.epochs else {}))
     if args.quick:
         common.update(epochs=1)
-    for trainable in ("last_blocks", "lora"):
+    for trainable in ("all", "lora"):
         t0 = time.perf_counter()
         extra = dict(per_class=40) if args.quick else {}
+        if trainable == "lora":  # adapters start from zero and are few: they take a larger step
+            extra["learning_rate"] = 10 * classify.ClassifyConfig.learning_rate
         r = classify.finetune(classify.ClassifyConfig(out_dir=str(out / f"classify_{trainable}"), trainable=trainable,
                                                       **common, **extra))
         rows.append(f"| classify (comedy vs tragedy), {trainable} | test accuracy {r['test_accuracy']:.3f} | "
@@ -58,6 +60,8 @@ def main() -> None:
     for trainable in ("all", "lora"):
         t0 = time.perf_counter()
         extra = dict(n_tasks=60, max_new_tokens=8) if args.quick else {}
+        if trainable == "lora":
+            extra["learning_rate"] = 5 * instruct.InstructConfig.learning_rate
         cfg = instruct.InstructConfig(out_dir=str(out / f"instruct_{trainable}"), trainable=trainable,
                                       score_base=trainable == "all", **common, **extra)
         r = instruct.finetune(cfg)

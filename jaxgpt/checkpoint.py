@@ -18,6 +18,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from jaxgpt.config import Config, save_json
 from jaxgpt.errors import UserError
+from jaxgpt.files import read_json_object
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -60,10 +61,8 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         try:
             restored = self.manager.restore(step, args=args)
-        except Exception as e:  # Orbax raises many types for damaged or mismatched files
-            raise UserError(f"cannot restore checkpoint step {step} in {self.manager.directory}: "
-                            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}; delete that step "
-                            "folder to fall back to an earlier one") from None
+        except Exception:  # Orbax and TensorStore raise many types for damaged or mismatched files
+            raise _damaged(step, Path(self.manager.directory)) from None
         return restored.state, restored.meta
 
     def wait(self) -> None:
@@ -71,6 +70,28 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+PARTIAL_DIR = "partial_checkpoints"
+
+
+def set_aside_partial(run_dir: str | Path) -> list[Path]:
+    """Move checkpoints that were never finished (the process died while writing them) out of the way,
+    into `<run_dir>/partial_checkpoints/`; returns where they went. Orbax writes each checkpoint into a
+    temporary folder and renames it only when complete, so an unfinished one is recognisable by name."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    moved = []
+    for path in sorted(folder.glob("*.orbax-checkpoint-tmp*")) if folder.is_dir() else []:
+        target = Path(run_dir) / PARTIAL_DIR / path.name
+        target.parent.mkdir(exist_ok=True)
+        path.rename(target)
+        moved.append(target)
+    return moved
+
+
+def estimate_bytes(abstract_state) -> int:
+    """Bytes one checkpoint of this state takes on disk (before compression)."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
 
 
 def save_model(out_dir: str | Path, cfg: Config, params, tokenizer_meta: dict | None, meta: dict,
@@ -87,6 +108,22 @@ def save_model(out_dir: str | Path, cfg: Config, params, tokenizer_meta: dict | 
     save_json(cfg, out_dir / CONFIG_FILE)
     if tokenizer_meta is not None:
         (out_dir / TOKENIZER_FILE).write_text(json.dumps(tokenizer_meta))
+
+
+def read_tokenizer_meta(run_dir: str | Path) -> dict | None:
+    """The run's tokenizer.json, or None if it has none."""
+    path = Path(run_dir) / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    return read_json_object(path, "restore it from a copy or use a new directory")
+
+
+def _damaged(step: int, folder: Path, steps: list[int] | None = None) -> UserError:
+    """`steps`: the run's checkpoints, offered as --step choices (when reading for sampling)."""
+    others = [s for s in steps or [] if s != step]
+    hint = f"pass --step with one of {others}, or " if others else ""
+    return UserError(f"checkpoint step {step} in {folder} is damaged (a file is truncated or corrupt); "
+                     f"{hint}delete {folder / str(step)} to fall back to an earlier one")
 
 
 def read_run_config(run_dir: str | Path) -> Config | None:
@@ -123,8 +160,7 @@ def load_model(run_dir: str | Path, step: int | None = None, extra: dict | None 
     step = manager.latest_step() if step is None else step
     if step not in manager.all_steps():
         raise UserError(f"{run_dir} has no checkpoint at step {step}; it has {manager.all_steps()}")
-    tok_path = run_dir / TOKENIZER_FILE  # absent for converted models whose tokenizer is unknown
-    tokenizer_meta = json.loads(tok_path.read_text()) if tok_path.is_file() else None
+    tokenizer_meta = read_tokenizer_meta(run_dir)  # None for converted models whose tokenizer is unknown
     item = {"params": jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0))), **(extra or {})}
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     # Restore only the parameters, onto one device: the optimizer state is not needed to sample.
@@ -134,8 +170,7 @@ def load_model(run_dir: str | Path, step: int | None = None, extra: dict | None 
     ))
     try:
         restored = manager.restore(step, args=args)
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint step {step} in {run_dir}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}") from None
+    except Exception:  # Orbax and TensorStore raise many types for damaged files
+        raise _damaged(step, run_dir / CHECKPOINT_DIR, list(manager.all_steps())) from None
     params = restored.state["params"]
     return cfg, ({**{k: restored.state[k] for k in extra}, "gpt": params} if extra else params), tokenizer_meta, step

@@ -15,6 +15,13 @@ from jaxgpt.errors import UserError
 DEFAULT_CONFIG = "configs/shakespeare_char.py"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage mistake is a one-line UserError rather than usage text and an exit."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see `{self.prog} --help`")
+
+
 def _guarded(fn, *args) -> int:
     try:
         return fn(*args) or 0
@@ -35,7 +42,7 @@ def _train(argv: list[str]) -> int:
     from jaxgpt import config as config_lib
     from jaxgpt.trainer import train
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="train.py", description="Pretrain a GPT. Any config field can be overridden: --train.max_steps=100",
     )
     parser.add_argument("--config", default=None, help=f"recipe file (default {DEFAULT_CONFIG})")
@@ -60,7 +67,7 @@ def _sample(args: argparse.Namespace) -> int:
     from jaxgpt.checkpoint import load_model
     from jaxgpt.model import GPT
     from jaxgpt.sampling import check_settings, generate
-    from jaxgpt.tokenizer import tokenizer_from_meta
+    from jaxgpt.tokenizer import describe_characters, tokenizer_from_meta, unknown_characters
 
     check_settings(args.temperature, args.top_k, args.top_p)
     if args.num_tokens < 1 or args.num_samples < 1:
@@ -76,6 +83,11 @@ def _sample(args: argparse.Namespace) -> int:
                         "so it cannot turn text into tokens")
     tokenizer = tokenizer_from_meta(tok_meta)
     prompt = args.prompt.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    unknown = unknown_characters(tokenizer, [prompt])
+    if unknown:
+        raise UserError(f"the prompt has characters this model does not know: {describe_characters(unknown)}; "
+                        f"this character-level model knows only the {tokenizer.vocab_size} characters of its "
+                        "training text, so write the --prompt with those")
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt encodes to no tokens; give a non-empty --prompt")
@@ -128,6 +140,8 @@ def _chat(args: argparse.Namespace) -> int:
     from jaxgpt.finetune.instruct import respond
     from jaxgpt.tokenizer import tokenizer_from_meta
 
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     cfg, params, tok_meta, _ = load_model(args.model_dir)
     if tok_meta is None or tokenizer_from_meta(tok_meta).eot_id is None:
         raise UserError(f"{args.model_dir} has no tokenizer with <|endoftext|>; chat needs an instruction-finetuned "
@@ -148,7 +162,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxgpt", description="GPT-2 in JAX: train, sample, prepare data, convert weights, finetune.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="pretrain (same as python train.py)", add_help=False)
@@ -208,9 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_and_run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)  # a usage mistake raises UserError, reported like any other
+    return args.fn(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
         return main_train(argv[1:])
-    args = build_parser().parse_args(argv)
-    return _guarded(args.fn, args)
+    return _guarded(_parse_and_run, argv)

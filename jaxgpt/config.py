@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # latest N kept, plus the best by validation loss
     progress: bool = True  # one updating progress line on a terminal
     init_from: str = ""  # start from pretrained weights: a jaxgpt, Hugging Face or OpenAI GPT-2 directory
+    skip_nonfinite: bool = False  # skip (and count) updates with a NaN/inf loss or gradient instead of stopping
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 RESUMABLE_KEYS = frozenset(
     {"train.max_steps", "train.log_interval", "train.eval_interval", "train.eval_steps",
      "train.sample_interval", "train.sample_tokens", "train.sample_prompt", "train.keep_checkpoints",
-     "train.progress", "train.out_dir", "data.cache_dir"}
+     "train.progress", "train.out_dir", "data.cache_dir", "train.skip_nonfinite"}
 )
 
 
@@ -188,8 +190,29 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return Config(**sections)
 
 
+_ARTICLE = {int: "an int", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_types(cfg: Config) -> None:
+    """Each field holds its declared type (a recipe file is Python, so anything can be written there), and
+    every float is finite: a NaN would slip through every range check below."""
+    for section, cls in _SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            value, tp = getattr(getattr(cfg, section), f.name), hints[f.name]
+            ok = {int: isinstance(value, int) and not isinstance(value, bool),
+                  float: isinstance(value, (int, float)) and not isinstance(value, bool),
+                  str: isinstance(value, str), bool: isinstance(value, bool)}.get(tp, True)
+            if not ok:
+                raise UserError(f"{section}.{f.name} must be {_ARTICLE[tp]}, got {value!r} "
+                                f"({type(value).__name__}); fix the recipe or pass --{section}.{f.name}=...")
+            if tp is float and not math.isfinite(value):
+                raise UserError(f"{section}.{f.name} must be a finite number, got {value}")
+
+
 def validate(cfg: Config) -> Config:
     """Raise a UserError naming the first impossible setting; return cfg unchanged otherwise."""
+    _check_types(cfg)
     m, d, t = cfg.model, cfg.data, cfg.train
     positive = {
         "model.vocab_size": m.vocab_size, "model.block_size": m.block_size, "model.n_layer": m.n_layer,
@@ -208,7 +231,7 @@ def validate(cfg: Config) -> Config:
         "train.sample_interval": t.sample_interval, "train.sample_tokens": t.sample_tokens,
     }
     for key, value in non_negative.items():
-        if value < 0:
+        if not value >= 0:
             raise UserError(f"{key} must not be negative, got {value}")
     if m.n_embd % m.n_head:
         raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")

@@ -26,7 +26,7 @@ import numpy as np
 from jaxgpt import checkpoint, safetensors
 from jaxgpt.config import Config, DataConfig, ModelConfig, validate
 from jaxgpt.errors import UserError
-from jaxgpt.files import staged_dir
+from jaxgpt.files import read_json_object, staged_dir
 
 HF, OPENAI, JAXGPT = "hf", "openai", "jaxgpt"
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -107,13 +107,7 @@ def _to_params(cfg: ModelConfig, tensors: dict, source: Path, key: Callable[[str
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path} as JSON ({e}); download it again") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{path} is not a JSON object; download it again")
-    return d
+    return read_json_object(path, "download it again")
 
 
 def _model_config(path: Path, **fields) -> ModelConfig:
@@ -190,7 +184,8 @@ def detect(path: str | Path) -> str:
     """'hf', 'openai' or 'jaxgpt' for a model directory; a UserError for anything else."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"{p} does not exist")
+        raise UserError(f"{p} does not exist; pass a model directory: a jaxgpt run or converted model, or a "
+                        "Hugging Face or OpenAI GPT-2 download")
     if not p.is_dir():
         raise UserError(f"{p} is a file; pass the directory that holds the model's files")
     if (p / "config.json").is_file() and (p / checkpoint.CHECKPOINT_DIR).is_dir():

@@ -188,16 +188,25 @@ def prepare(source: str, tokenizer_kind: str, cache_dir: str, val_fraction: floa
     if n_train == 0 or n_train == len(ids):
         raise UserError(f"the corpus has only {len(ids)} tokens, too few to split with val_fraction "
                         f"{val_fraction}; use a bigger corpus")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "meta.json").unlink(missing_ok=True)  # a stale one must not vouch for half-written bins
-    _write_atomic(folder / "train.bin", ids[:n_train].astype(dtype).tobytes())
-    _write_atomic(folder / "val.bin", ids[n_train:].astype(dtype).tobytes())
+    if tokenizer.vocab_size < 2:
+        # A vocabulary of one (a character corpus such as "aaaa"): every target is that token, the loss is 0
+        # from the first step and the gradients are 0, so a run would learn nothing.
+        raise UserError(f"the corpus has only one distinct character ({tokenizer.decode([0])!r}), so there is "
+                        "nothing to predict; use a text with more than one kind of character")
     description = SHAKESPEARE if source == SHAKESPEARE else str(Path(source).expanduser().resolve())
     meta = {"format": _META_FORMAT, "fingerprint": fingerprint, "source": description,
             "tokenizer": tokenizer.meta(), "dtype": dtype.name, "val_fraction": float(val_fraction),
             "corpus_chars": len(text), "train_tokens": n_train, "val_tokens": len(ids) - n_train}
-    # meta.json goes last: its presence is what marks the folder complete.
-    _write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "meta.json").unlink(missing_ok=True)  # a stale one must not vouch for half-written bins
+        _write_atomic(folder / "train.bin", ids[:n_train].astype(dtype).tobytes())
+        _write_atomic(folder / "val.bin", ids[n_train:].astype(dtype).tobytes())
+        # meta.json goes last: its presence is what marks the folder complete.
+        _write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
+    except OSError as e:  # e.g. data.cache_dir is a file, or read-only
+        raise UserError(f"cannot create the data cache {folder} ({e.strerror or e}); set the cache folder "
+                        "(data.cache_dir, or --cache-dir for prepare) to a writable folder") from None
     return load_prepared(folder)
 
 

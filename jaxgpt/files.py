@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -43,3 +44,14 @@ def staged_dir(dst: str | Path, overwrite: bool = False, marker: str = "config.j
         shutil.rmtree(old)
     else:
         tmp.rename(dst)
+
+
+def read_json_object(path: str | Path, fix: str) -> dict:
+    """A JSON object from `path`, or a one-line error that ends with `fix` (what the user should do)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is damaged or unreadable ({e}); {fix}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); {fix}")
+    return d

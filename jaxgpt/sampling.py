@@ -20,7 +20,7 @@ from jaxgpt.model import GPT, KVCache
 
 def check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise a UserError for sampling settings that have no meaning."""
-    if temperature < 0:
+    if not temperature >= 0:  # also refuses NaN
         raise UserError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise UserError(f"top_k must be at least 1 (or unset), got {top_k}")

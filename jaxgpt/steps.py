@@ -6,6 +6,7 @@ with `functools.partial` before `jax.jit`; see `trainer.py` for the shardings an
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -19,15 +20,21 @@ IGNORE_INDEX = -100  # targets with this value (padding) take no part in the los
 
 
 class TrainState(flax.struct.PyTreeNode):
-    """Everything a resumed run needs besides the config: the step, the weights and Adam's moments."""
+    """Everything a resumed run needs besides the config: the step, the weights, Adam's moments, and a
+    record of updates skipped because their loss or gradient was not finite."""
 
     step: jax.Array
     params: Any
     opt_state: Any
+    skipped: jax.Array  # how many updates were skipped
+    first_skipped: jax.Array  # the step (1-based) of the first skipped update, 0 if none
 
     @staticmethod
     def create(params, tx: optax.GradientTransformation) -> TrainState:
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        def zero():  # three separate buffers: a donated state may not hold one buffer twice
+            return jnp.zeros((), jnp.int32)
+
+        return TrainState(step=zero(), params=params, opt_state=tx.init(params), skipped=zero(), first_skipped=zero())
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -59,7 +66,9 @@ def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array], *, model: 
         state: the TrainState (donated by the caller's jit).
         batch: (x, y), each (grad_accum, micro_batch, T) int32.
     Returns:
-        The new state and on-device metrics: loss (mean over micro-batches) and grad_norm (before clipping).
+        The new state and on-device metrics: loss (mean over micro-batches), grad_norm (before clipping)
+        and skipped (updates skipped so far). An update whose loss or gradient is not finite is not
+        applied (the weights and optimizer state stay as they were) and is counted instead.
     """
     x, y = batch
     use_dropout = model.config.dropout > 0
@@ -79,8 +88,15 @@ def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array], *, model: 
     loss, grads = loss / n, jax.tree.map(lambda g: g / n, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
+    step = state.step + 1
+    skipped = state.skipped + (~ok).astype(jnp.int32)
+    first = jnp.where((state.first_skipped == 0) & ~ok, step, state.first_skipped)
+    state = TrainState(step=step, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+                       skipped=skipped, first_skipped=first)
+    return state, {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "first_skipped": first}
 
 
 def eval_step(params, batch: tuple[jax.Array, jax.Array], *, model: GPT) -> dict:

@@ -229,6 +229,20 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
                     "and its fields, as written by tokenizer.meta()")
 
 
+def unknown_characters(tokenizer: Tokenizer, texts: Iterable[str]) -> list[str]:
+    """The characters of `texts` that a character-level tokenizer cannot encode, sorted; [] for the other
+    kinds (GPT-2's BPE encodes any text, the word tokenizer maps unknown words to <|unk|>)."""
+    if not isinstance(tokenizer, CharTokenizer):
+        return []
+    return sorted(set().union(*map(set, texts)) - set(tokenizer.chars))
+
+
+def describe_characters(chars: list[str], limit: int = 8) -> str:
+    """"'#', '%', '@'" for a message; past `limit` characters, "(and N more)"."""
+    shown = ", ".join(map(repr, chars[:limit]))
+    return shown + (f" (and {len(chars) - limit} more)" if len(chars) > limit else "")
+
+
 def get_tokenizer(kind: str, text: str | None = None) -> Tokenizer:
     """Args: kind, one of "gpt2", "char", "simple"; text, the corpus for char/simple vocabularies.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -61,9 +62,10 @@ def _check_resume(run_dir: Path, cfg: Config, tokenizer_meta: dict) -> None:
         if changed:
             raise UserError(f"{run_dir} holds a run with other settings ({'; '.join(changed)}); "
                             "use a new train.out_dir or the settings of the existing run")
-    tok_path = run_dir / checkpoint.TOKENIZER_FILE
-    if tok_path.is_file() and json.loads(tok_path.read_text()) != tokenizer_meta:
-        raise UserError(f"the tokenizer of the data differs from the one saved in {tok_path}; "
+    saved = checkpoint.read_tokenizer_meta(run_dir)
+    if saved is not None and saved != tokenizer_meta:
+        raise UserError(f"the tokenizer of the data differs from the one saved in "
+                        f"{run_dir / checkpoint.TOKENIZER_FILE}; "
                         "use the run's data or a new train.out_dir")
 
 
@@ -98,6 +100,11 @@ class Trainer:
             raise UserError(f"train.out_dir {self.run_dir} exists and is not a directory")
         self.data = data.prepare(cfg.data.source, cfg.data.tokenizer, cfg.data.cache_dir, cfg.data.val_fraction)
         self.tokenizer = tokenizer_from_meta(self.data.tokenizer_meta)
+        try:  # found now, not when the first sample is drawn after training
+            self.tokenizer.encode(tc.sample_prompt)
+        except UserError as e:
+            raise UserError(f"train.sample_prompt cannot be encoded ({e}); set --train.sample_prompt= to text "
+                            "made of the corpus's characters") from None
         if tc.init_from:  # the pretrained model fixes the shape; dropout, dtypes and context stay ours
             cfg = _adopt_pretrained(cfg, self.data.tokenizer_meta, self.tokenizer.vocab_size)
         else:  # the vocabulary belongs to the data: the output layer is sized from the tokenizer
@@ -194,13 +201,34 @@ class Trainer:
             f.write(f"--- step {step} ---\n{text}\n\n")
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop records of steps after the checkpoint we resume from: those steps run again."""
+        """Drop records of steps after the checkpoint we resume from (those steps run again), and a last
+        line cut short when the previous process was killed while writing it."""
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
-            lines = [l for l in path.read_text().splitlines() if l]
-            kept = [l for l in lines if json.loads(l)["step"] <= step]
+            lines = path.read_text().splitlines(keepends=True)
+            kept = []
+            for line in lines:
+                try:
+                    if line.endswith("\n") and json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    pass  # a torn line: the process died mid-write
             if len(kept) < len(lines):
-                path.write_text("".join(k + "\n" for k in kept))
+                path.write_text("".join(kept))
+
+    def _check_disk(self) -> None:
+        """Refuse to start when the run directory cannot be written or cannot hold two checkpoints."""
+        probe = self.run_dir / ".write-test"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write in {self.run_dir} ({e.strerror}); choose another train.out_dir") from None
+        need = 2 * checkpoint.estimate_bytes(self.abstract_state)
+        free = shutil.disk_usage(self.run_dir).free
+        if free < need:
+            raise UserError(f"{self.run_dir} has {format_count(free)}B free but two checkpoints of this model need "
+                            f"about {format_count(need)}B; free some space or choose another train.out_dir")
 
     def _write_metrics(self, record: dict) -> None:
         with (self.run_dir / "metrics.jsonl").open("a") as f:
@@ -222,6 +250,9 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         progress = Progress(tc.max_steps, tc.progress)
+        self._check_disk()
+        for path in checkpoint.set_aside_partial(self.run_dir):
+            progress.print(f"moved an unfinished checkpoint (the last run was killed while saving it) to {path}")
         ckpt = checkpoint.Checkpointer(self.run_dir, tc.keep_checkpoints)
         try:
             state, meta = self._restore_or_init(ckpt, progress)
@@ -243,11 +274,24 @@ class Trainer:
         progress.print(f"done: step {int(state.step)}, outputs in {self.run_dir}")
         return last
 
+    def _check_finite(self, m: dict, seen: int, ckpt: checkpoint.Checkpointer, progress: Progress) -> int:
+        """Stop (or, with train.skip_nonfinite, report) updates skipped for a NaN/inf loss or gradient."""
+        now = int(m["skipped"])
+        if now > seen:
+            where = f"step {int(m['first_skipped'])}" if seen == 0 else "a recent step"
+            if not self.cfg.train.skip_nonfinite:
+                kept = ckpt.latest_step()
+                raise UserError(f"the loss or gradient was not finite at {where} (the update was not applied); "
+                                "lower train.learning_rate, or set train.skip_nonfinite=true to skip such updates; "
+                                + (f"the last good checkpoint, step {kept}, is kept" if kept else "no checkpoint yet"))
+            progress.print(f"skipped a non-finite update at {where}; {now} skipped so far")
+        return now
+
     def _loop(self, state, meta: dict, ckpt: checkpoint.Checkpointer, progress: Progress):
         tc = self.cfg.train
         start = int(state.step)
         peak, fpt = peak_flops(), flops_per_token(self.cfg.model, self.n_params)
-        tokens, last = meta["tokens"], {}
+        tokens, last, skipped = meta["tokens"], {}, int(state.skipped)
         t0, t0_step = time.perf_counter(), start
         with _StopFlag() as stop:
             for step in range(start, tc.max_steps):
@@ -260,13 +304,12 @@ class Trainer:
                 if done % tc.log_interval == 0 or done == tc.max_steps:
                     m = jax.device_get(metrics)  # the only host sync between evaluations
                     tps = (done - t0_step) * self.tokens_per_step / max(time.perf_counter() - t0, 1e-9)
-                    if not np.isfinite(m["loss"]):
-                        raise UserError(f"the loss became {m['loss']} at step {done}; lower "
-                                        "train.learning_rate (the last good checkpoint is kept)")
+                    skipped = self._check_finite(m, skipped, ckpt, progress)
                     mfu = f" | MFU {100 * tps * fpt / peak:.0f}%" if peak else ""
                     progress.update(done, f"loss {m['loss']:.4f} | {format_count(tps)} tok/s{mfu}", start)
                     self._write_metrics({"step": done, "tokens": tokens, "loss": float(m["loss"]),
-                                         "grad_norm": float(m["grad_norm"]), "tokens_per_s": tps})
+                                         "grad_norm": float(m["grad_norm"]), "tokens_per_s": tps,
+                                         **({"skipped": skipped} if skipped else {})})
                     t0, t0_step = time.perf_counter(), done
                 if done % tc.eval_interval == 0 or done == tc.max_steps:
                     last = self.evaluate(state.params)

@@ -96,7 +96,7 @@ def test_other_architectures_are_refused(hf_dir, tmp_path, capsys):
     (src / "config.json").write_text(json.dumps({**cfg, "activation_function": "relu"}))
     _fails(capsys, tmp_path, src, "activation_function='relu'")
     (src / "config.json").write_text("{not json")
-    _fails(capsys, tmp_path, src, "cannot read")
+    _fails(capsys, tmp_path, src, "is damaged or unreadable")
 
 
 def test_openai_hparams_that_do_not_match_the_tensors(fixtures_dir, tmp_path, capsys):

@@ -25,14 +25,16 @@ from jaxgpt.errors import UserError
 from jaxgpt.files import staged_dir
 from jaxgpt.finetune import common
 from jaxgpt.model import GPT
-from jaxgpt.tokenizer import Tokenizer, tokenizer_from_meta
+from jaxgpt.tokenizer import Tokenizer, describe_characters, tokenizer_from_meta, unknown_characters
 
 CLASSIFIER_FILE = "classifier.json"
 
 
 @dataclass(frozen=True)
 class ClassifyConfig(common.FinetuneConfig):
-    trainable: str = "last_blocks"  # the book's choice: the head, the final LayerNorm and the last block
+    # Training everything suits the small default model; for GPT-2 124M and up the book trains the head,
+    # the final LayerNorm and the last block (--trainable last_blocks) at --learning-rate 5e-5.
+    learning_rate: float = 3e-4
     epochs: int = 5
     label_column: str = "label"
     text_column: str = "text"
@@ -99,6 +101,8 @@ class Split:
 def split_examples(examples: list[tuple[str, str]], cfg: ClassifyConfig) -> tuple[list[str], dict[str, list]]:
     """Class names and the shuffled train/val/test (label id, text) lists, balanced if cfg.balance."""
     names = sorted({label for label, _ in examples})
+    if not names:
+        raise UserError("there are no examples to classify; give a --data file with rows, or a positive --per-class")
     if len(names) < 2:
         raise UserError(f"the data has only one class ({names[0]!r}); a classifier needs at least two")
     rng = np.random.default_rng(cfg.seed)
@@ -170,9 +174,16 @@ def _rows(split: Split, idx: np.ndarray, batch_size: int):
 def finetune(cfg: ClassifyConfig, log=print) -> dict:
     """Train a classifier as `cfg` says; write it and its reports to cfg.out_dir. Returns results.json's dict."""
     out_dir = common.check(cfg, "out/classify")
+    if cfg.per_class < 1:
+        raise UserError(f"--per-class must be positive, got {cfg.per_class}")
     examples = read_labeled(cfg.data, cfg.label_column, cfg.text_column) if cfg.data else \
         shakespeare_genres(cfg.per_class, cfg.seed)
     model_cfg, gpt_params, tokenizer = common.load_base(cfg)
+    unknown = unknown_characters(tokenizer, (text for _, text in examples))
+    if unknown:
+        raise UserError(f"the data has characters that the model in {cfg.init_from} does not know: "
+                        f"{describe_characters(unknown)}; a character-level model reads only the characters of its "
+                        "training text: remove them from the data or start from a GPT-2 BPE model (--init-from)")
     names, items = split_examples(examples, cfg)
     if cfg.max_length > model_cfg.block_size:
         raise UserError(f"--max-length={cfg.max_length} exceeds the model's context of {model_cfg.block_size}")
@@ -225,10 +236,21 @@ def finetune(cfg: ClassifyConfig, log=print) -> dict:
 def load_classifier(path: str | Path) -> tuple[ModelConfig, dict, Tokenizer, dict]:
     """(model config, {"gpt", "head"} params, tokenizer, classifier.json) of a saved classifier."""
     info_path = Path(path) / CLASSIFIER_FILE
+    if not Path(path).is_dir():
+        raise UserError(f"{path} does not exist or is not a folder; pass the --out-dir of `jaxgpt finetune classify`")
     if not info_path.is_file():
         raise UserError(f"{path} is not a classifier (no {CLASSIFIER_FILE}); train one with `jaxgpt finetune classify`")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        labels, max_length = info["labels"], info["max_length"]
+        if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels)
+                or not isinstance(max_length, int) or max_length < 1):
+            raise ValueError("labels must be two or more names and max_length a positive int")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{info_path} is damaged ({type(e).__name__}: {e}); finetune the classifier again") from None
     cfg = checkpoint.read_run_config(path)
+    if cfg is None:
+        raise UserError(f"{path} has {CLASSIFIER_FILE} but no {checkpoint.CONFIG_FILE}; finetune the classifier again")
     shape = jax.ShapeDtypeStruct
     head = {"kernel": shape((cfg.model.n_embd, len(info["labels"])), jnp.float32),
             "bias": shape((len(info["labels"]),), jnp.float32)}
@@ -241,6 +263,10 @@ def classify(path: str | Path, texts: list[str]) -> list[tuple[str, float]]:
     if not texts or not all(t.strip() for t in texts):
         raise UserError("give at least one non-empty text to classify")
     model_cfg, params, tokenizer, info = load_classifier(path)
+    unknown = unknown_characters(tokenizer, texts)
+    if unknown:
+        raise UserError(f"the texts have characters this character-level classifier does not know: "
+                        f"{describe_characters(unknown)}; remove them")
     split = encode([(0, t) for t in texts], tokenizer, info["max_length"], True)
     model = common.Model(GPT(model_cfg))
     probs = jax.nn.softmax(logits_fn(model, params, {}, split.tokens, split.lengths), -1)  # (N, n_classes)

@@ -32,8 +32,10 @@ PAD_MULTIPLE = 32  # batches are padded to a multiple of this many tokens: few s
 @dataclass(frozen=True)
 class InstructConfig(common.FinetuneConfig):
     init_from: str = "out/shakespeare_gpt2bpe"  # needs a tokenizer with <|endoftext|> (GPT-2's BPE)
-    epochs: int = 2
-    learning_rate: float = 1e-4
+    # Suits the small default model (validation loss stops falling after about 5 epochs); for GPT-2 124M
+    # and up the book uses 5e-5 and 2 epochs.
+    epochs: int = 5
+    learning_rate: float = 1e-3
     mask_prompt: bool = False  # learn only the response tokens
     max_new_tokens: int = 64  # longest generated response
     n_tasks: int = 1000  # embedded task set: examples generated
@@ -47,12 +49,19 @@ def read_instructions(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     raw = common.read_text(path)
     try:
-        if raw.lstrip().startswith("["):
-            data = json.loads(raw)
-        else:  # JSON lines
-            data = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        data = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not JSON or JSON lines ({e})") from None
+        if raw.lstrip().startswith("["):
+            raise UserError(f"{path} is not JSON ({e})") from None
+        try:  # JSON lines
+            data = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not JSON or JSON lines ({e})") from None
+    if isinstance(data, dict):  # a whole-file object: one JSON-lines example, or a wrapper around the list
+        if "instruction" not in data:
+            raise UserError(f"{path} holds one JSON object, not a list of examples; write a list "
+                            "[{\"instruction\": ..., \"output\": ...}, ...] or one such object per line (JSON lines)")
+        data = [data]
     if not isinstance(data, list) or not data:
         raise UserError(f"{path} must hold a non-empty list of objects with 'instruction' and 'output'")
     for i, entry in enumerate(data):
@@ -131,6 +140,9 @@ def respond(model_cfg, params, tokenizer: Tokenizer, entries: list[dict], max_ne
 def finetune(cfg: InstructConfig, log=print) -> dict:
     """Finetune on instructions as `cfg` says; save the model, curves and test responses. Returns results."""
     out_dir = common.check(cfg, "out/instruct", allowed=("all", "last_blocks", "lora"))
+    for key in ("max_new_tokens", "n_tasks"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}")
     entries = read_instructions(cfg.data) if cfg.data else tasks.generate_tasks(cfg.n_tasks, cfg.seed)
     model_cfg, gpt_params, tokenizer = common.load_base(cfg)
     if tokenizer.eot_id is None:

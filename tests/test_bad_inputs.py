@@ -1,0 +1,388 @@
+"""Bad input, tried systematically: one table of mistakes across every command.
+
+Each case builds its inputs under tmp_path, fingerprints every path there (files by SHA-256, links by
+target, folders by name), runs the command in-process and checks what the user would see: exit status 2,
+exactly one line on stderr starting with "error: " that names the problem, no traceback anywhere, and
+every path that existed before still there and unchanged (the shared inputs of the module too). New paths are refused too, except where a case
+says so (the tokenized data cache, which `train` fills before it can compare the data with a run).
+
+The trained run and the GPT-2-vocabulary model are built once per module, outside tmp_path, and are only
+read; a case that damages a run works on a copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import pytest
+from conftest import TINY_MODEL, write_corpus
+
+from jaxgpt import checkpoint
+from jaxgpt.cli import main, main_train
+from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig
+from jaxgpt.model import init_params
+from jaxgpt.tokenizer import GPT2Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_RECIPE = str(ROOT / "configs" / "tiny.py")
+
+
+# --- what the cases start from (built once, never modified) ------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+    root: Path  # everything below lives here, and no case may change any of it
+    corpus: Path  # the text the run was trained on
+    run: Path  # a char-level run (TINY_MODEL: block_size 16, 2 layers) with one checkpoint, step 10
+    cache: Path  # its tokenized data cache
+    recipe: Path  # a config file that reproduces the run's settings exactly (for resuming it)
+    bpe: Path  # a jaxgpt model directory with GPT-2's vocabulary (1 layer, width 32, context 64)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Base:
+    root = tmp_path_factory.mktemp("base")
+    from jaxgpt.trainer import train
+
+    corpus = Path(write_corpus(root / "corpus.txt"))
+    cfg = Config(
+        model=TINY_MODEL,
+        data=DataConfig(source=str(corpus), tokenizer="char", cache_dir=str(root / "data")),
+        train=TrainConfig(out_dir=str(root / "run"), batch_size=8, max_steps=10, learning_rate=3e-3,
+                          warmup_steps=2, decay_steps=10, log_interval=5, eval_interval=10, eval_steps=1,
+                          sample_interval=0, sample_tokens=5, progress=False),
+    )
+    train(cfg)
+    recipe = root / "resume_recipe.py"
+    recipe.write_text("import json\nfrom jaxgpt.config import Config\n"
+                      f"config = Config.from_dict(json.loads(open({str(root / 'run' / 'config.json')!r}).read()))\n")
+    bpe = root / "bpe"
+    model = ModelConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=32)
+    checkpoint.save_model(bpe, Config(model=model, data=DataConfig(tokenizer="gpt2")),
+                          init_params(model, jax.random.key(0)), GPT2Tokenizer().meta(), {})
+    return Base(root, corpus, root / "run", root / "data", recipe, bpe)
+
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+    """What a case's setup gets: its own tmp_path and the shared, read-only base."""
+
+    tmp: Path
+    base: Base
+
+    def file(self, name: str, content: str | bytes) -> Path:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        return path
+
+    def train(self, source, *extra: str) -> list[str]:
+        """Arguments for a fresh tiny run on `source`, writing only under tmp_path."""
+        return ["--config", TINY_RECIPE, f"--data.source={source}", f"--train.out_dir={self.tmp / 'run'}",
+                f"--data.cache_dir={self.tmp / 'data'}", "--train.progress=false", *extra]
+
+    def run_copy(self) -> Path:
+        """A copy of the trained run (and of its data cache, so resuming it prepares nothing)."""
+        shutil.copytree(self.base.run, self.tmp / "run")
+        shutil.copytree(self.base.cache, self.tmp / "data")
+        return self.tmp / "run"
+
+    def resume(self, *extra: str) -> list[str]:
+        """Arguments that continue the copied run with its own settings, plus `extra` changes."""
+        return ["--config", str(self.base.recipe), f"--train.out_dir={self.tmp / 'run'}",
+                f"--data.cache_dir={self.tmp / 'data'}", *extra]
+
+
+def _truncate_largest_checkpoint_file(run: Path) -> None:
+    """Cut every array data file of the latest checkpoint in half (which file holds the parameters,
+    rather than only optimizer state, depends on Orbax's layout)."""
+    step = max((p for p in (run / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    for path in (p for p in step.rglob("*") if p.is_file() and p.parent.name == "d"):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+
+def _symlink_loop(env: Env) -> Path:
+    folder = env.tmp / "loop"
+    (folder / "sub").mkdir(parents=True)
+    os.symlink(folder, folder / "sub" / "up")  # loop/sub/up -> loop -> sub -> up -> ...
+    os.symlink(folder / "sub", folder / "again")
+    return folder
+
+
+# --- the table -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    command: str  # "train" (main_train, as train.py) or "jaxgpt" (main)
+    args: Callable[[Env], list[str]]  # builds the inputs under env.tmp and returns the command line
+    fragment: str  # part of the one-line message
+    new_ok: tuple[str, ...] = ()  # top-level names under tmp_path where new paths may appear
+    marks: tuple = ()
+
+
+CASES = [
+    # --- train (python train.py) -----------------------------------------------------------------------
+    Case("train-binary-corpus", "train",
+         lambda e: e.train(e.file("bin.txt", bytes(range(256)) * 8)), "looks binary (NUL byte at offset 0)"),
+    Case("train-empty-folder", "train",
+         lambda e: e.train(e.file("empty/.keep", "").parent), "has no .txt files"),
+    Case("train-symlink-loop-folder", "train",
+         lambda e: e.train(_symlink_loop(e)), "has no .txt files"),
+    # One character repeated: a vocabulary of one token, whose only prediction is always right (the loss
+    # is exactly 0 from the first step and the gradients are 0). Nothing can be learned, so it is refused
+    # before anything is written, rather than "training" a model that can only repeat that character.
+    Case("train-one-repeated-character", "train",
+         lambda e: e.train(e.file("aaa.txt", "a" * 5000)), "only one distinct character ('a')"),
+    Case("train-config-syntax-error", "train",
+         lambda e: ["--config", str(e.file("bad.py", "config = Config(\n"))], "has a syntax error on line"),
+    Case("train-config-file-type-error", "train",
+         lambda e: ["--config", str(e.file("typed.py", "from jaxgpt.config import Config, ModelConfig\n"
+                                                       "config = Config(model=ModelConfig(n_layer='2'))\n")),
+                    f"--train.out_dir={e.tmp / 'run'}", f"--data.cache_dir={e.tmp / 'data'}"],
+         "model.n_layer must be an int, got '2'"),
+    Case("train-override-type-error", "train",
+         lambda e: e.train(e.base.corpus, "--model.n_layer=two"), "model.n_layer='two' is not a valid int"),
+    Case("train-unknown-key", "train",
+         lambda e: e.train(e.base.corpus, "--model.n_layers=2"), "unknown config key 'model.n_layers'"),
+    Case("train-zero-n-layer", "train",
+         lambda e: e.train(e.base.corpus, "--model.n_layer=0"), "model.n_layer must be positive, got 0"),
+    Case("train-negative-block-size", "train",
+         lambda e: e.train(e.base.corpus, "--model.block_size=-8"), "model.block_size must be positive, got -8"),
+    Case("train-zero-batch-size", "train",
+         lambda e: e.train(e.base.corpus, "--train.batch_size=0"), "train.batch_size must be positive, got 0"),
+    Case("train-negative-n-head", "train",
+         lambda e: e.train(e.base.corpus, "--model.n_head=-2"), "model.n_head must be positive, got -2"),
+    Case("train-zero-eval-interval", "train",
+         lambda e: e.train(e.base.corpus, "--train.eval_interval=0"), "train.eval_interval must be positive"),
+    Case("train-negative-warmup", "train",
+         lambda e: e.train(e.base.corpus, "--train.warmup_steps=-1"), "train.warmup_steps must not be negative"),
+    Case("train-n-embd-not-divisible", "train",
+         lambda e: e.train(e.base.corpus, "--model.n_embd=30", "--model.n_head=4"),
+         "model.n_embd (30) must be divisible by model.n_head (4)"),
+    Case("train-positional-argument", "train",
+         lambda e: e.train(e.base.corpus, "model.n_layer=2"), "cannot read argument 'model.n_layer=2'"),
+    Case("train-bad-option-value", "train",
+         lambda e: ["--config"], "argument --config: expected one argument"),
+    Case("train-out-dir-is-a-file", "train",
+         lambda e: [*e.train(e.base.corpus), f"--train.out_dir={e.file('taken', 'mine')}"],
+         "exists and is not a directory"),
+    # init_from's position table (16) is shorter than the context asked for (32). The data cache is
+    # prepared before the pretrained model is examined: a new, valid cache folder is acceptable.
+    Case("train-init-from-short-context", "train",
+         lambda e: e.train(e.base.corpus, f"--train.init_from={e.base.run}", "--model.block_size=32"),
+         "model.block_size=32 exceeds the 16 positions", new_ok=("data",)),
+    Case("train-resume-other-architecture", "train",
+         lambda e: (e.run_copy(), e.resume("--model.n_layer=1"))[1], "other settings (model.n_layer: 2 -> 1"),
+    Case("train-resume-truncated-checkpoint", "train",
+         lambda e: (_truncate_largest_checkpoint_file(e.run_copy()), e.resume("--train.max_steps=20"))[1],
+         "is damaged (a file is truncated or corrupt); delete"),
+    # The same run directory, new data: the tokenizer (and with it the vocabulary) differs. The gpt2
+    # cache of the corpus is prepared first (trainer.py compares after preparing): allowed, as above.
+    Case("train-resume-other-tokenizer", "train",
+         lambda e: (e.run_copy(), e.resume("--data.tokenizer=gpt2"))[1],
+         "data.tokenizer: 'char' -> 'gpt2'", new_ok=("data",)),
+    Case("train-unknown-tokenizer", "train",
+         lambda e: e.train(e.base.corpus, "--data.tokenizer=bpe"), "unknown tokenizer 'bpe'"),
+    Case("train-nan-weight-decay", "train",
+         lambda e: e.train(e.base.corpus, "--train.weight_decay=nan"), "train.weight_decay must be a finite number"),
+    Case("train-init-from-missing", "train",
+         lambda e: e.train(e.base.corpus, f"--train.init_from={e.tmp / 'gpt2'}"), "gpt2 does not exist",
+         new_ok=("data",)),
+    # A character corpus without a newline cannot encode the recipe's sample prompt ("\n"): found before
+    # anything is written.
+    Case("train-sample-prompt-outside-vocabulary", "train",
+         lambda e: e.train(e.file("flat.txt", "to be or not to be, that is the question. " * 60),
+                           "--train.max_steps=2", "--train.eval_interval=2", "--train.log_interval=1"),
+         "train.sample_prompt", new_ok=("data",)),
+    Case("train-resume-damaged-tokenizer-json", "train",
+         lambda e: (e.run_copy(), e.file("run/tokenizer.json", '{"kind": "ch'), e.resume())[2],
+         "tokenizer.json is damaged"),
+    Case("train-cache-dir-is-a-file", "train",
+         lambda e: [*e.train(e.base.corpus), f"--data.cache_dir={e.file('cache', 'x')}"],
+         "cannot create the data cache"),
+
+    # --- prepare ---------------------------------------------------------------------------------------
+    Case("prepare-not-utf8", "jaxgpt",
+         lambda e: ["prepare", "--source", str(e.file("latin1.txt", "caf\xe9\n".encode("latin-1") * 20)),
+                    "--cache-dir", str(e.tmp / "data")], "is not UTF-8 (bad byte at offset 3)"),
+    Case("prepare-whitespace-only", "jaxgpt",
+         lambda e: ["prepare", "--source", str(e.file("blank.txt", " \n\t\n")), "--cache-dir", str(e.tmp / "data")],
+         "is empty (only whitespace)"),
+    Case("prepare-missing-source", "jaxgpt",
+         lambda e: ["prepare", "--source", str(e.tmp / "nope.txt"), "--cache-dir", str(e.tmp / "data")],
+         "does not exist"),
+    Case("prepare-val-fraction-one", "jaxgpt",
+         lambda e: ["prepare", "--source", str(e.base.corpus), "--val-fraction", "1", "--cache-dir",
+                    str(e.tmp / "data")], "val_fraction must be strictly between 0 and 1"),
+    Case("prepare-unknown-tokenizer", "jaxgpt",
+         lambda e: ["prepare", "--source", str(e.base.corpus), "--tokenizer", "bpe", "--cache-dir",
+                    str(e.tmp / "data")], "argument --tokenizer: invalid choice: 'bpe'"),
+    Case("prepare-too-short", "jaxgpt",
+         lambda e: ["prepare", "--source", str(e.file("one.txt", "x")), "--cache-dir", str(e.tmp / "data")],
+         "too few to split"),
+
+    # --- sample ----------------------------------------------------------------------------------------
+    Case("sample-truncated-checkpoint", "jaxgpt",
+         lambda e: (_truncate_largest_checkpoint_file(e.run_copy()), ["sample", str(e.tmp / "run")])[1],
+         "is damaged"),
+    Case("sample-prompt-of-unknown-characters", "jaxgpt",
+         lambda e: ["sample", str(e.base.run), "--prompt", "@#%", "--num-tokens", "3"],
+         "the prompt has characters this model does not know: '#', '%', '@'"),
+    Case("sample-zero-tokens", "jaxgpt",
+         lambda e: ["sample", str(e.base.run), "--num-tokens", "0"], "--num-tokens and --num-samples must be at least 1"),
+    Case("sample-not-a-number", "jaxgpt",
+         lambda e: ["sample", str(e.base.run), "--num-tokens", "many"], "argument --num-tokens: invalid int value"),
+    Case("sample-missing-step", "jaxgpt",
+         lambda e: ["sample", str(e.base.run), "--step", "999"], "has no checkpoint at step 999"),
+    Case("sample-temperature-nan", "jaxgpt",
+         lambda e: ["sample", str(e.base.run), "--temperature", "nan"], "temperature must be >= 0"),
+    Case("sample-damaged-config-json", "jaxgpt",
+         lambda e: (e.run_copy(), e.file("run/config.json", "{"), ["sample", str(e.tmp / "run")])[2],
+         "config.json is not valid JSON"),
+    Case("sample-damaged-tokenizer-json", "jaxgpt",
+         lambda e: (e.run_copy(), e.file("run/tokenizer.json", '{"kind": "ch'), ["sample", str(e.tmp / "run")])[2],
+         "tokenizer.json is damaged"),
+    Case("sample-empty-prompt", "jaxgpt",
+         lambda e: ["sample", str(e.base.run), "--prompt", ""], "the prompt encodes to no tokens"),
+
+    # --- convert ---------------------------------------------------------------------------------------
+    Case("convert-missing-source", "jaxgpt",
+         lambda e: ["convert", str(e.tmp / "gpt2"), str(e.tmp / "out")], "gpt2 does not exist"),
+    Case("convert-existing-destination", "jaxgpt",
+         lambda e: ["convert", str(e.base.bpe), str(e.file("out/keep.txt", "mine").parent)],
+         "already exists; choose a new destination or pass --overwrite"),
+    Case("convert-unknown-format", "jaxgpt",
+         lambda e: ["convert", str(e.base.bpe), str(e.tmp / "out"), "--to", "onnx"],
+         "argument --to: invalid choice: 'onnx'"),
+
+    # --- finetune classify -----------------------------------------------------------------------------
+    Case("finetune-classify-csv-without-the-columns", "jaxgpt",
+         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
+                    "--data", str(e.file("d.csv", "id,kind,body\n1,spam,win\n2,ham,hi\n"))],
+         "has no columns 'label' and 'text'"),
+    Case("finetune-classify-one-class", "jaxgpt",
+         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
+                    "--data", str(e.file("d.csv", "label,text\n" + "".join(f"ham,hello {i}\n" for i in range(20))))],
+         "only one class ('ham')"),
+    Case("finetune-classify-empty-text", "jaxgpt",
+         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
+                    "--data", str(e.file("d.csv", "label,text\nspam,win now\nham,\n"))],
+         "line 3 has an empty text"),
+    Case("finetune-classify-text-outside-char-vocabulary", "jaxgpt",
+         lambda e: ["finetune", "classify", "--init-from", str(e.base.run), "--out-dir", str(e.tmp / "out"),
+                    "--data", str(e.file("d.csv", "label,text\n" + "".join(
+                        f"{'a' if i % 2 else 'b'},Zebra {i}\n" for i in range(20))))],
+         "characters that the model in"),
+    Case("finetune-classify-no-examples", "jaxgpt",
+         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
+                    "--per-class", "0"], "--per-class must be positive"),
+    Case("finetune-classify-epochs-not-a-number", "jaxgpt",
+         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--epochs", "two",
+                    "--out-dir", str(e.tmp / "out")],
+         "argument --epochs: invalid int value: 'two'"),
+
+    # --- finetune instruct -----------------------------------------------------------------------------
+    Case("finetune-instruct-json-object-not-list", "jaxgpt",
+         lambda e: ["finetune", "instruct", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
+                    "--data", str(e.file("d.json", json.dumps(
+                        {"examples": [{"instruction": "a", "output": "b"}]}, indent=2)))],
+         "holds one JSON object, not a list of examples"),
+    Case("finetune-instruct-list-of-strings", "jaxgpt",
+         lambda e: ["finetune", "instruct", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
+                    "--data", str(e.file("d.json", '["say hi", "say bye"]'))], "example 0 is not an object"),
+    Case("finetune-instruct-lacking-output", "jaxgpt",
+         lambda e: ["finetune", "instruct", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
+                    "--data", str(e.file("d.jsonl", '{"instruction": "a", "output": "b"}\n'
+                                                    '{"instruction": "c", "response": "d"}\n'))],
+         "example 1 lacks a text field 'output'"),
+    Case("finetune-instruct-zero-new-tokens", "jaxgpt",
+         lambda e: ["finetune", "instruct", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
+                    "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    Case("finetune-instruct-char-model", "jaxgpt",
+         lambda e: ["finetune", "instruct", "--init-from", str(e.base.run), "--out-dir", str(e.tmp / "out"),
+                    "--n-tasks", "40"], "which has no <|endoftext|>"),
+
+    # --- classify --------------------------------------------------------------------------------------
+    Case("classify-ckpt-not-a-classifier", "jaxgpt",
+         lambda e: ["classify", "--ckpt", str(e.base.run), "some text"], "is not a classifier (no classifier.json)"),
+    Case("classify-ckpt-missing", "jaxgpt",
+         lambda e: ["classify", "--ckpt", str(e.tmp / "nope"), "some text"], "nope does not exist or is not a folder"),
+    Case("classify-ckpt-without-config", "jaxgpt",
+         lambda e: ["classify", "--ckpt", str(e.file("clf/classifier.json", '{"labels": ["a", "b"], "max_length": 8}')
+                                             .parent), "some text"], "has classifier.json but no config.json"),
+    Case("classify-damaged-classifier-json", "jaxgpt",
+         lambda e: (shutil.copytree(e.base.bpe, e.tmp / "clf"), e.file("clf/classifier.json", "{labels"),
+                    ["classify", "--ckpt", str(e.tmp / "clf"), "some text"])[2],
+         "classifier.json is damaged"),
+
+    # --- chat ------------------------------------------------------------------------------------------
+    Case("chat-char-model", "jaxgpt",
+         lambda e: ["chat", str(e.base.run), "Say hi."], "has no tokenizer with <|endoftext|>"),
+    Case("chat-zero-new-tokens", "jaxgpt",
+         lambda e: ["chat", str(e.base.bpe), "Say hi.", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    Case("chat-missing-model", "jaxgpt",
+         lambda e: ["chat", str(e.tmp / "nope"), "Say hi."], "is not a directory"),
+]
+
+
+def _fingerprint(root: Path) -> dict[str, str]:
+    """Every path under root: files by SHA-256, symlinks by target (never followed), folders by name."""
+    out = {}
+    for folder, dirs, files in os.walk(root):  # followlinks=False: a symlink loop is listed, not entered
+        for name in dirs + files:
+            path = Path(folder, name)
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                out[rel] = "link -> " + os.readlink(path)
+            elif path.is_dir():
+                out[rel] = "folder"
+            else:
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_bad_input(case: Case, base, tmp_path, capfd):
+    env = Env(tmp_path, base)
+    argv = case.args(env)
+    before, base_before = _fingerprint(tmp_path), _fingerprint(base.root)
+    capfd.readouterr()  # only what the command itself prints is judged
+    code = (main_train if case.command == "train" else main)(argv)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err, err
+    assert code == 2, f"exit status {code}; stderr: {err}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert case.fragment in lines[0], lines[0]
+    after = _fingerprint(tmp_path)
+    changed = sorted(p for p, h in before.items() if after.get(p) != h)
+    assert not changed, f"changed or removed: {changed}"
+    new = sorted(p for p in set(after) - set(before) if p.split("/")[0] not in case.new_ok)
+    assert not new, f"new paths: {new}"
+    assert _fingerprint(base.root) == base_before, "the shared run or model was changed"
+
+
+def test_the_table_covers_every_command():
+    commands = {c.id.split("-")[0] if c.id.split("-")[0] != "finetune" else "-".join(c.id.split("-")[:2])
+                for c in CASES}
+    assert commands == {"train", "prepare", "sample", "convert", "finetune-classify", "finetune-instruct",
+                        "classify", "chat"}
+    assert len(CASES) >= 30
+
+
+def test_a_symlink_loop_beside_text_is_read_once(tmp_path):
+    """The loop itself is not an error: the folder's text is read once and the loop is never entered."""
+    from jaxgpt.data import load_documents
+
+    folder = _symlink_loop(Env(tmp_path, None))
+    write_corpus(folder / "sub" / "a.txt", n_lines=5)
+    assert len(load_documents(str(folder))) == 1
