@@ -21,16 +21,23 @@ from jaxgpt.config import ModelConfig
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer for positions [0, max_len): each (n_layer, B, max_len, n_head, head_dim)."""
+    """Keys and values for positions [0, max_len): one (B, max_len, n_head, head_dim) array per layer.
 
-    k: jax.Array
-    v: jax.Array
+    One buffer per layer (not one stacked array) lets XLA write each layer's new entries in place inside
+    the decode loop; with a stacked array it copied the whole cache for every layer and token.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
 
     @staticmethod
     def init(config: ModelConfig, batch: int, max_len: int) -> KVCache:
-        shape = (config.n_layer, batch, max_len, config.n_head, config.head_dim)
-        zeros = jnp.zeros(shape, jnp.dtype(config.dtype))
-        return KVCache(zeros, zeros)
+        shape = (batch, max_len, config.n_head, config.head_dim)
+
+        def zeros():
+            return tuple(jnp.zeros(shape, jnp.dtype(config.dtype)) for _ in range(config.n_layer))
+
+        return KVCache(zeros(), zeros())
 
 
 def _dense(features: int, config: ModelConfig, name: str, std: float = 0.02, bias: bool = True) -> nn.Dense:
@@ -57,8 +64,8 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool, layer_cache=None, pos=None):
-        """x: (B, T, C). With `layer_cache=(k, v)` of (B, S, H, D), attends to the cache with this chunk
-        written at `pos`, up to each query's own position; returns (y, this chunk's (k, v) or None)."""
+        """x: (B, T, C). With `layer_cache=(k, v)` of (B, S, H, D), writes this chunk's keys and values at
+        `pos` and attends to the cache up to each query's own position; returns (y, updated (k, v) or None)."""
         cfg = self.config
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
@@ -68,10 +75,9 @@ class CausalSelfAttention(nn.Module):
 
         if layer_cache is not None:
             cache_k, cache_v = layer_cache
-            k, v = k.astype(cache_k.dtype), v.astype(cache_v.dtype)
-            layer_cache = (k, v)  # only the new chunk goes back: the caller writes it in place
-            k_all = jax.lax.dynamic_update_slice(cache_k, k, (0, pos, 0, 0))  # (B, S, H, D)
-            v_all = jax.lax.dynamic_update_slice(cache_v, v, (0, pos, 0, 0))
+            k_all = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, pos, 0, 0))  # (B, S, H, D)
+            v_all = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, pos, 0, 0))
+            layer_cache = (k_all, v_all)
             q_pos = pos + jnp.arange(T)  # (T,)
             mask = jnp.arange(k_all.shape[1])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
             y = jax.nn.dot_product_attention(q, k_all, v_all, mask=mask[None, None])  # (B, T, H, D)
@@ -137,16 +143,14 @@ class GPT(nn.Module):
         positions = pos + jnp.arange(T)  # (T,)
         x = self.wte(tokens) + self.wpe(positions)[None]  # (B, T, C)
         x = self.drop(x, deterministic=deterministic)
+        ks, vs = [], []
         for i, block in enumerate(self.h):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x, chunk = block(x, deterministic, layer_cache, pos)
+            x, layer_cache = block(x, deterministic, layer_cache, pos)
             if cache is not None:
-                # Write this chunk's keys and values into the stacked cache: an in-place slice update
-                # (inside the decode loop) instead of rebuilding the whole cache every token.
-                at = (i, 0, pos, 0, 0)
-                cache = KVCache(jax.lax.dynamic_update_slice(cache.k, chunk[0][None], at),
-                                jax.lax.dynamic_update_slice(cache.v, chunk[1][None], at))
-        return self.ln_f(x), cache
+                ks.append(layer_cache[0])
+                vs.append(layer_cache[1])
+        return self.ln_f(x), (None if cache is None else KVCache(tuple(ks), tuple(vs)))
 
     def logits(self, x):
         """Project hidden states (B, T, C) onto the vocabulary with the tied embedding -> float32."""
