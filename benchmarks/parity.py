@@ -35,6 +35,7 @@ def random_model(preset: str, seed: int) -> GPT2LMHeadModel:
     m = ModelConfig(n_layer=2, n_head=2, n_embd=64) if preset == "tiny" else ModelConfig.preset(preset)
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head, resid_pdrop=0.0,
+                                       attn_implementation="eager",
                                        embd_pdrop=0.0, attn_pdrop=0.0)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

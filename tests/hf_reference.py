@@ -15,8 +15,9 @@ GPT2_SMALL = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_
 
 def random_hf_model(seed: int = 0, weight_std: float = 0.3, **shape) -> GPT2LMHeadModel:
     """A GPT2LMHeadModel with every tensor random, LayerNorm gains and all biases included."""
+    # Eager attention: the plain math, the same on every machine (SDPA may pick other kernels).
     cfg = GPT2Config(**shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, eos_token_id=None,
-                     bos_token_id=None, pad_token_id=None)
+                     bos_token_id=None, pad_token_id=None, attn_implementation="eager")
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():

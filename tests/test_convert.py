@@ -19,7 +19,7 @@ from jaxgpt.steps import loss_fn
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_tiny")
-    model = random_hf_model(seed=1, **TINY)
+    model = random_hf_model(seed=1, weight_std=0.2, **TINY)  # larger weights make float32 error grow
     model.save_pretrained(path)
     return model, path
 
@@ -92,7 +92,7 @@ def test_round_trip_hf_jaxgpt_hf_is_bit_identical(tiny_hf, tmp_path, capsys):
         assert before[name].dtype == after[name].dtype and np.array_equal(before[name], after[name]), name
     # transformers loads the export and computes the same logits as the original.
     x, _ = _batch(TINY["vocab_size"], 2, 16)
-    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     np.testing.assert_array_equal(hf_logits(reloaded, x), hf_logits(model, x))
 
 
@@ -145,7 +145,7 @@ def test_export_of_a_trained_run_reproduces_its_logits(tiny_config, tmp_path):
     assert main(["convert", run, str(tmp_path / "hf")]) == 0
     cfg, params, tok_meta, _ = load_model(run)
     x, _ = _batch(cfg.model.vocab_size, 2, cfg.model.block_size)
-    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     np.testing.assert_allclose(hf_logits(reloaded, x), jax_logits(cfg.model, params, x), rtol=0, atol=1e-4)
     # The char tokenizer travels with the export and comes back on the way in.
     assert convert.read_tokenizer_meta(tmp_path / "hf") == tok_meta
