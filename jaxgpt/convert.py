@@ -215,9 +215,10 @@ def read_tokenizer_meta(path: str | Path) -> dict | None:
     """The tokenizer a model directory was trained with: saved metadata, else GPT-2's BPE for a
     vocabulary of 50,257 or more (OpenAI's and HF's GPT-2), else None (unknown)."""
     p, kind = Path(path), detect(path)
-    saved = p / (checkpoint.TOKENIZER_FILE if kind == JAXGPT else TOKENIZER_COPY)
-    if saved.is_file():
-        return _read_json(saved)
+    if kind == JAXGPT and (saved := checkpoint.read_tokenizer_meta(p)) is not None:
+        return saved
+    if kind == HF and (p / TOKENIZER_COPY).is_file():
+        return _read_json(p / TOKENIZER_COPY)
     if read_config(p).vocab_size >= 50257:
         from jaxgpt.tokenizer import GPT2Tokenizer
 

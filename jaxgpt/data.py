@@ -29,9 +29,13 @@ _SPLIT_METHOD = "tail-of-each-document"  # part of the fingerprint: a new split 
 
 # --- user corpora -------------------------------------------------------------------------------------
 
-def _read_text(path: Path) -> str:
+def read_text(path: str | Path) -> str:
+    """A user's text file as one string: UTF-8 checked, binary refused, BOM and CRLF normalised."""
+    path = Path(path)
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror or e}); check that it is a readable file") from None
     nul = data.find(b"\0")
@@ -59,9 +63,9 @@ def load_documents(source: str) -> list[str]:
         if not files:
             raise UserError(f"folder {path} has no .txt files; put the corpus in *.txt files "
                             "or pass a single file")
-        docs = [t for t in map(_read_text, files) if t.strip()]
+        docs = [t for t in map(read_text, files) if t.strip()]
     elif path.is_file():
-        docs = [_read_text(path)]
+        docs = [read_text(path)]
     else:
         raise UserError(f"corpus {source!r} does not exist; pass a text file, a folder of .txt files "
                         f"or {SHAKESPEARE!r}")

@@ -21,6 +21,7 @@ import optax
 
 from jaxgpt import checkpoint
 from jaxgpt.config import Config, DataConfig, ModelConfig
+from jaxgpt.data import read_text
 from jaxgpt.errors import UserError
 from jaxgpt.files import staged_dir
 from jaxgpt.finetune import common
@@ -46,7 +47,7 @@ def read_labeled(path: str | Path, label_column: str = "label", text_column: str
     """(label, text) rows of a CSV or TSV file with a header naming the two columns, or of a headerless
     two-column file (label first)."""
     path = Path(path)
-    lines = common.read_text(path).splitlines()
+    lines = read_text(path).splitlines()
     if not any(line.strip() for line in lines):
         raise UserError(f"data file {path} is empty")
     tab = path.suffix.lower() == ".tsv" or (path.suffix.lower() != ".csv" and "\t" in lines[0])

@@ -96,16 +96,6 @@ def check(cfg: FinetuneConfig, default_out: str, allowed: tuple[str, ...] = TRAI
     return out_dir
 
 
-def read_text(path: str | Path) -> str:
-    """A data file's text, or a one-line error saying why it cannot be read."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"data file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path} as UTF-8 text ({e})") from None
-
-
 def load_base(cfg: FinetuneConfig) -> tuple[ModelConfig, dict, Tokenizer]:
     """The pretrained GPT to finetune (its dropout set from cfg) and its tokenizer."""
     model_cfg, params = convert.load_pretrained(cfg.init_from)

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxgpt import checkpoint
 from jaxgpt.config import Config, DataConfig
+from jaxgpt.data import read_text
 from jaxgpt.errors import UserError
 from jaxgpt.files import staged_dir
 from jaxgpt.finetune import common, tasks
@@ -47,7 +48,7 @@ class InstructConfig(common.FinetuneConfig):
 def read_instructions(path: str | Path) -> list[dict[str, str]]:
     """Alpaca-format examples from a JSON list or a JSON-lines file, checked field by field."""
     path = Path(path)
-    raw = common.read_text(path)
+    raw = read_text(path)
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as e:
