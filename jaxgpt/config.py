@@ -94,11 +94,39 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip (and count) updates with a NaN/inf loss or gradient instead of stopping
 
 
+MESH_AXES = ("data", "fsdp", "tensor")
+LOGICAL_AXES = ("vocab", "embed", "heads", "mlp")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """How the devices are arranged and what is split across them (see jaxgpt/sharding.py). The axis
+    sizes multiply to the device count; batches are split over data x fsdp."""
+
+    data: int = -1  # data-parallel groups (replicated weights); -1: the devices the other axes leave
+    fsdp: int = 1  # weights, gradients and optimizer state sharded over this many devices (ZeRO-3 / FSDP)
+    tensor: int = 1  # each layer's matmuls split over this many devices (tensor parallelism)
+    rules: str = "vocab=tensor,embed=fsdp,heads=tensor,mlp=tensor"  # logical weight axis -> mesh axis
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """Several processes (hosts, or processes on one host) joined by jax.distributed into one run."""
+
+    coordinator: str = ""  # host:port of process 0; "" reads JAX_COORDINATOR_ADDRESS (unset: one process)
+    num_processes: int = 0  # 0 reads JAX_NUM_PROCESSES
+    process_id: int = -1  # -1 reads JAX_PROCESS_ID
+    auto: bool = False  # let JAX find all three itself (Cloud TPU pod slices, SLURM, Open MPI, Kubernetes)
+    timeout_s: int = 300  # how long to wait for the coordinator and the other processes
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,13 +141,17 @@ class Config:
         return Config(**parts)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig,
+             "dist": DistConfig}
 
 # Settings a resumed run may change: they alter how long it runs and what it reports, not what it learns.
 RESUMABLE_KEYS = frozenset(
     {"train.max_steps", "train.log_interval", "train.eval_interval", "train.eval_steps",
      "train.sample_interval", "train.sample_tokens", "train.sample_prompt", "train.keep_checkpoints",
      "train.progress", "train.out_dir", "data.cache_dir", "train.skip_nonfinite"}
+    # Where the work runs is not what it learns: a checkpoint restores onto any mesh and process count.
+    | {f"mesh.{f.name}" for f in dataclasses.fields(MeshConfig)}
+    | {f"dist.{f.name}" for f in dataclasses.fields(DistConfig)}
 )
 
 
@@ -247,7 +279,35 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"{key} must be in [0, 1), got {value}")
     if t.batch_size % t.grad_accum:
         raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum})")
+    _validate_mesh(cfg.mesh, cfg.dist)
     return cfg
+
+
+def parse_rules(text: str) -> dict[str, str | None]:
+    """'vocab=tensor,embed=fsdp' -> {"vocab": "tensor", "embed": "fsdp"}; 'none' keeps an axis whole."""
+    rules: dict[str, str | None] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, axis = (s.strip() for s in item.partition("="))
+        if not sep or name not in LOGICAL_AXES or axis not in (*MESH_AXES, "none"):
+            raise UserError(f"mesh.rules entry {item!r} must be LOGICAL=MESH with LOGICAL one of "
+                            f"{', '.join(LOGICAL_AXES)} and MESH one of {', '.join(MESH_AXES)} or none, "
+                            "e.g. --mesh.rules=embed=fsdp,mlp=tensor")
+        rules[name] = None if axis == "none" else axis
+    return rules
+
+
+def _validate_mesh(m: MeshConfig, d: DistConfig) -> None:
+    sizes = {f"mesh.{a}": getattr(m, a) for a in MESH_AXES}
+    for key, value in sizes.items():
+        if value != -1 and value < 1:
+            raise UserError(f"{key} must be a positive number of devices or -1 (the rest), got {value}")
+    if list(sizes.values()).count(-1) > 1:
+        raise UserError("only one of mesh.data, mesh.fsdp and mesh.tensor may be -1 (the devices left over)")
+    parse_rules(m.rules)
+    if d.timeout_s < 1:
+        raise UserError(f"dist.timeout_s must be at least 1 second, got {d.timeout_s}")
+    if d.num_processes < 0 or d.process_id < -1:
+        raise UserError("dist.num_processes must be >= 0 and dist.process_id >= 0 (or -1 to read the environment)")
 
 
 def diff(old: Config, new: Config) -> list[str]:

@@ -222,6 +222,29 @@ def _check_positive(**sizes: int) -> None:
             raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
+def window_starts(n_tokens: int, batch_size: int, block_size: int, seed: int, step: int) -> np.ndarray:
+    """Where each of the `batch_size` training windows of `step` begins in a split of `n_tokens` tokens.
+
+    The same (seed, step) always gives the same starts, so runs can resume, and they do not depend on how
+    many processes read the batch: each process reads only its own rows of the same global batch.
+    """
+    _check_positive(batch_size=batch_size, block_size=block_size)
+    if seed < 0 or step < 0:
+        raise UserError(f"seed and step must be non-negative, got seed={seed}, step={step}")
+    if n_tokens < block_size + 1:
+        raise UserError(f"this split has {n_tokens} tokens but block_size {block_size} needs at least "
+                        f"{block_size + 1}; use a smaller block_size, a bigger corpus, "
+                        "or a val_fraction that leaves this split more tokens")
+    rng = np.random.default_rng((seed, step))
+    return rng.integers(0, n_tokens - block_size, size=batch_size)  # last start n-block_size-1 still fits +1
+
+
+def read_windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> np.ndarray:
+    """The windows tokens[s : s + block_size + 1] for every start s: shape starts.shape + (block_size + 1,)."""
+    # One fancy-index gather reads only the needed pages of a memmap, instead of a Python loop of slices.
+    return np.asarray(tokens[starts[..., None] + np.arange(block_size + 1)], dtype=np.int32)
+
+
 def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: int,
               step: int) -> tuple[np.ndarray, np.ndarray]:
     """Random training windows; the same (seed, step) always gives the same batch, so runs can resume.
@@ -229,18 +252,7 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, seed: int,
     Args: tokens (1-D array or memmap), batch_size, block_size, seed and step (non-negative ints).
     Returns: (x, y), int32 arrays of shape (batch_size, block_size) with y[:, t] == x[:, t + 1]'s source.
     """
-    _check_positive(batch_size=batch_size, block_size=block_size)
-    if seed < 0 or step < 0:
-        raise UserError(f"seed and step must be non-negative, got seed={seed}, step={step}")
-    n = len(tokens)
-    if n < block_size + 1:
-        raise UserError(f"this split has {n} tokens but block_size {block_size} needs at least "
-                        f"{block_size + 1}; use a smaller block_size, a bigger corpus, "
-                        "or a val_fraction that leaves this split more tokens")
-    rng = np.random.default_rng((seed, step))
-    starts = rng.integers(0, n - block_size, size=batch_size)  # last start n-block_size-1 still fits +1
-    # One fancy-index gather reads only the needed pages of a memmap, instead of a Python loop of slices.
-    windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int32)
+    windows = read_windows(tokens, window_starts(len(tokens), batch_size, block_size, seed, step), block_size)
     return np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
 
 

@@ -59,13 +59,16 @@ def format_count(n: float) -> str:
 class Progress:
     """One status line, redrawn in place on a terminal and printed as plain lines elsewhere."""
 
-    def __init__(self, total_steps: int, enabled: bool = True):
+    def __init__(self, total_steps: int, enabled: bool = True, quiet: bool = False):
         self.total = total_steps
+        self.quiet = quiet  # prints nothing: a process other than 0 of a multi-process run
         self.tty = enabled and sys.stdout.isatty()
         self.start = time.perf_counter()
         self.width = 0
 
     def update(self, step: int, text: str, first_step: int) -> None:
+        if self.quiet:
+            return
         done = step / max(self.total, 1)
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(step - first_step, 1) * (self.total - step)
@@ -80,6 +83,8 @@ class Progress:
 
     def print(self, text: str) -> None:
         """A message on its own line, without breaking the progress line."""
+        if self.quiet:
+            return
         if self.tty and self.width:
             sys.stdout.write("\r" + " " * self.width + "\r")
             self.width = 0

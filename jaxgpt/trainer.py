@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -19,12 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import checkpoint, config as config_lib, data, sharding
+from jaxgpt import checkpoint, config as config_lib, data, distributed, sharding
 from jaxgpt.config import Config
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT, count_params, init_params
 from jaxgpt.optim import make_optimizer
 from jaxgpt.progress import Progress, flops_per_token, format_count, peak_flops
+from jaxgpt.run_files import RunFiles
 from jaxgpt.sampling import generate
 from jaxgpt.steps import TrainState, eval_step, train_step
 from jaxgpt.tokenizer import tokenizer_from_meta
@@ -90,15 +90,28 @@ def _adopt_pretrained(cfg: Config, tokenizer_meta: dict, vocab_size: int) -> Con
 
 
 class Trainer:
-    """Holds what one run needs; `run()` trains to `train.max_steps`."""
+    """Holds what one run needs; `run()` trains to `train.max_steps`.
 
-    def __init__(self, cfg: Config):
+    `devices` (default: all of them, across every process) is the set the mesh is laid over.
+    """
+
+    def __init__(self, cfg: Config, devices=None):
         cfg = config_lib.validate(cfg)
+        distributed.initialize(cfg.dist)  # before any device is touched
         tc = cfg.train
+        self.mesh = sharding.make_mesh(cfg.mesh, devices)  # an impossible mesh is refused before any work
+        self.micro_batch = tc.batch_size // tc.grad_accum
+        sharding.check_batch(self.mesh, self.micro_batch)
         self.run_dir = Path(tc.out_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise UserError(f"train.out_dir {self.run_dir} exists and is not a directory")
+        self.primary = distributed.is_primary()
+        self.files = RunFiles(self.run_dir, self.primary)
+        if not self.primary:  # process 0 prepares the shared token files first; the others then read them
+            distributed.barrier("jaxgpt:prepare")
         self.data = data.prepare(cfg.data.source, cfg.data.tokenizer, cfg.data.cache_dir, cfg.data.val_fraction)
+        if self.primary:
+            distributed.barrier("jaxgpt:prepare")
         self.tokenizer = tokenizer_from_meta(self.data.tokenizer_meta)
         try:  # found now, not when the first sample is drawn after training
             self.tokenizer.encode(tc.sample_prompt)
@@ -116,9 +129,6 @@ class Trainer:
                 raise UserError(f"the {split} split has {len(tokens)} tokens but one window needs "
                                 f"{cfg.model.block_size + 1}; lower model.block_size or use a longer corpus")
 
-        self.mesh = sharding.make_mesh()
-        self.micro_batch = tc.batch_size // tc.grad_accum
-        sharding.check_batch(self.mesh, self.micro_batch)
         self.model = GPT(cfg.model)
         self.tx = make_optimizer(tc)
         repl = sharding.replicated(self.mesh)
@@ -128,12 +138,15 @@ class Trainer:
         def init(key):
             return TrainState.create(init_params(cfg.model, key), self.tx)
 
+        # The state is laid out from its shapes alone and created already sharded: no device ever holds
+        # more than its own part of the weights and optimizer state.
         abstract = jax.eval_shape(init, jax.random.key(tc.seed))
-        self.state_sharding = jax.tree.map(lambda _: repl, abstract)
+        self.state_sharding = sharding.state_shardings(abstract, self.mesh, cfg.mesh.rules)
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
-        self._create = jax.jit(lambda params: TrainState.create(params, self.tx), out_shardings=self.state_sharding)
+        self._create = jax.jit(lambda params: TrainState.create(params, self.tx),
+                               in_shardings=(self.state_sharding.params,), out_shardings=self.state_sharding)
         self.train_step = jax.jit(
             functools.partial(train_step, model=self.model, tx=self.tx, seed=tc.seed),
             in_shardings=(self.state_sharding, (self.batch_sharding,) * 2),
@@ -145,12 +158,25 @@ class Trainer:
         self.n_params = count_params(abstract.params)
         self.tokens_per_step = tc.batch_size * cfg.model.block_size
 
+    def _windows(self, tokens, starts: np.ndarray, shard) -> tuple[jax.Array, jax.Array]:
+        """(x, y) global arrays of shape starts.shape + (T,) on `shard`; this process reads from `tokens`
+        only the windows of the rows its devices hold."""
+        T = self.cfg.model.block_size
+        shape = (*starts.shape, T)
+
+        def read(index):  # index: slices into (..., T); the last dimension is never split
+            return data.read_windows(tokens, starts[index[:-1]], T)  # (..., T + 1)
+
+        x = sharding.assemble(shape, shard, lambda index: read(index)[..., :-1])
+        y = sharding.assemble(shape, shard, lambda index: read(index)[..., 1:])
+        return x, y
+
     def batch(self, step: int):
-        """The training batch of `step`, shaped (grad_accum, micro_batch, T) and placed on the mesh."""
+        """The training batch of `step`, shaped (grad_accum, micro_batch, T) and placed on the mesh. The
+        global batch depends only on (seed, step), never on the number of processes."""
         tc, T = self.cfg.train, self.cfg.model.block_size
-        x, y = data.get_batch(self.data.train, tc.batch_size, T, tc.seed, step)
-        shape = (tc.grad_accum, self.micro_batch, T)
-        return sharding.put_batch((x.reshape(shape), y.reshape(shape)), self.batch_sharding)
+        starts = data.window_starts(len(self.data.train), tc.batch_size, T, tc.seed, step)
+        return self._windows(self.data.train, starts.reshape(tc.grad_accum, self.micro_batch), self.batch_sharding)
 
     def evaluate(self, params) -> dict[str, float]:
         """Mean loss over `eval_steps` fixed batches of each split (the same batches every time)."""
@@ -159,8 +185,8 @@ class Trainer:
         for name, tokens in (("train", self.data.train), ("val", self.data.val)):
             losses = []
             for i in range(tc.eval_steps):
-                xy = data.get_batch(tokens, self.micro_batch, T, tc.seed + EVAL_SEED_OFFSET, i)
-                losses.append(self.eval_step(params, sharding.put_batch(xy, self.eval_sharding))["loss"])
+                starts = data.window_starts(len(tokens), self.micro_batch, T, tc.seed + EVAL_SEED_OFFSET, i)
+                losses.append(self.eval_step(params, self._windows(tokens, starts, self.eval_sharding))["loss"])
             out[f"{name}_loss"] = float(np.mean(jax.device_get(losses)))
         out["val_perplexity"] = float(np.exp(out["val_loss"]))
         return out
@@ -192,85 +218,40 @@ class Trainer:
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.dtype(m.param_dtype)), params)
         progress.print(f"initialised from {src}: {m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, "
                        f"vocab {m.vocab_size}, context {m.block_size}")
-        return self._create(params)
-
-    def _log_sample(self, step: int, text: str, progress: Progress, title: str) -> None:
-        """Print a sample and append it to samples.txt (earlier samples are kept)."""
-        progress.print(f"--- {title} ---\n{text}\n---")
-        with (self.run_dir / "samples.txt").open("a") as f:
-            f.write(f"--- step {step} ---\n{text}\n\n")
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop records of steps after the checkpoint we resume from (those steps run again), and a last
-        line cut short when the previous process was killed while writing it."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            lines = path.read_text().splitlines(keepends=True)
-            kept = []
-            for line in lines:
-                try:
-                    if line.endswith("\n") and json.loads(line)["step"] <= step:
-                        kept.append(line)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    pass  # a torn line: the process died mid-write
-            if len(kept) < len(lines):
-                path.write_text("".join(kept))
-
-    def _check_disk(self) -> None:
-        """Refuse to start when the run directory cannot be written or cannot hold two checkpoints."""
-        probe = self.run_dir / ".write-test"
-        try:
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise UserError(f"cannot write in {self.run_dir} ({e.strerror}); choose another train.out_dir") from None
-        need = 2 * checkpoint.estimate_bytes(self.abstract_state)
-        free = shutil.disk_usage(self.run_dir).free
-        if free < need:
-            raise UserError(f"{self.run_dir} has {format_count(free)}B free but two checkpoints of this model need "
-                            f"about {format_count(need)}B; free some space or choose another train.out_dir")
-
-    def _write_metrics(self, record: dict) -> None:
-        with (self.run_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _plot(self) -> None:
-        from jaxgpt.plot import plot_lines  # only needed once, at the end of a run
-
-        records = [json.loads(l) for l in (self.run_dir / "metrics.jsonl").read_text().splitlines() if l]
-        series = {}
-        for key, label in (("loss", "train"), ("val_loss", "validation")):
-            pts = [(r["tokens"], r[key]) for r in records if key in r]
-            series[label] = ([p[0] for p in pts], [p[1] for p in pts])
-        plot_lines(self.run_dir / "loss.png", series, title="GPT loss", xlabel="tokens seen",
-                   ylabel="loss (nats/token)")
+        # Each device receives only its own shards of the host arrays, never the whole model.
+        return self._create(jax.device_put(params, self.state_sharding.params))
 
     def run(self) -> dict:
         """Train to train.max_steps (or until interrupted). Returns the last evaluation's metrics."""
         cfg, tc = self.cfg, self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        progress = Progress(tc.max_steps, tc.progress)
-        self._check_disk()
-        for path in checkpoint.set_aside_partial(self.run_dir):
-            progress.print(f"moved an unfinished checkpoint (the last run was killed while saving it) to {path}")
+        progress = Progress(tc.max_steps, tc.progress, quiet=not self.primary)
+        files = self.files
+        if self.primary:  # one process looks after the run directory; the others wait for it
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            files.check_disk(checkpoint.estimate_bytes(self.abstract_state))
+            for path in checkpoint.set_aside_partial(self.run_dir):
+                progress.print(f"moved an unfinished checkpoint (the last run was killed while saving it) to {path}")
+        distributed.barrier("jaxgpt:run_dir")
         ckpt = checkpoint.Checkpointer(self.run_dir, tc.keep_checkpoints)
         try:
             state, meta = self._restore_or_init(ckpt, progress)
-            self._truncate_metrics(int(state.step))
-            config_lib.save_json(cfg, self.run_dir / checkpoint.CONFIG_FILE)
-            (self.run_dir / checkpoint.TOKENIZER_FILE).write_text(json.dumps(self.data.tokenizer_meta))
+            if self.primary:
+                files.truncate_metrics(int(state.step))
+                config_lib.save_json(cfg, self.run_dir / checkpoint.CONFIG_FILE)
+                (self.run_dir / checkpoint.TOKENIZER_FILE).write_text(json.dumps(self.data.tokenizer_meta))
+            procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
             progress.print(f"model: {format_count(self.n_params)} parameters, {cfg.model.n_layer} layers, "
                            f"context {cfg.model.block_size}, vocab {cfg.model.vocab_size}; data: "
-                           f"{format_count(len(self.data.train))} train tokens; devices: {dict(self.mesh.shape)}")
+                           f"{format_count(len(self.data.train))} train tokens; mesh: {dict(self.mesh.shape)}{procs}")
             state, last = self._loop(state, meta, ckpt, progress)
         finally:
             ckpt.wait()  # an asynchronous save in flight must land, even when the run fails
             ckpt.close()
-        if (self.run_dir / "metrics.jsonl").exists():
-            self._plot()
+        if self.primary and (self.run_dir / "metrics.jsonl").exists():
+            files.plot()
         if int(state.step) >= tc.max_steps:
             text = self.sample(state.params, tc.seed, tokens=max(tc.sample_tokens, 1))
-            self._log_sample(int(state.step), text, progress, "final sample")
+            files.log_sample(int(state.step), text, progress, "final sample")
         progress.print(f"done: step {int(state.step)}, outputs in {self.run_dir}")
         return last
 
@@ -286,6 +267,13 @@ class Trainer:
                                 + (f"the last good checkpoint, step {kept}, is kept" if kept else "no checkpoint yet"))
             progress.print(f"skipped a non-finite update at {where}; {now} skipped so far")
         return now
+
+    def _stop_requested(self, stop: _StopFlag, done: int) -> bool:
+        """A signal stops the run at the next step boundary. Several processes must stop at the same step,
+        so they agree on it at each log interval (a cluster signals them all, not at the same instant)."""
+        if jax.process_count() == 1:
+            return stop.signal is not None
+        return done % self.cfg.train.log_interval == 0 and distributed.any_process(stop.signal is not None)
 
     def _loop(self, state, meta: dict, ckpt: checkpoint.Checkpointer, progress: Progress):
         tc = self.cfg.train
@@ -307,7 +295,7 @@ class Trainer:
                     skipped = self._check_finite(m, skipped, ckpt, progress)
                     mfu = f" | MFU {100 * tps * fpt / peak:.0f}%" if peak else ""
                     progress.update(done, f"loss {m['loss']:.4f} | {format_count(tps)} tok/s{mfu}", start)
-                    self._write_metrics({"step": done, "tokens": tokens, "loss": float(m["loss"]),
+                    self.files.write_metrics({"step": done, "tokens": tokens, "loss": float(m["loss"]),
                                          "grad_norm": float(m["grad_norm"]), "tokens_per_s": tps,
                                          **({"skipped": skipped} if skipped else {})})
                     t0, t0_step = time.perf_counter(), done
@@ -317,15 +305,16 @@ class Trainer:
                     meta = {"tokens": tokens, "best_val": best}
                     progress.print(f"step {done}: train loss {last['train_loss']:.4f}, val loss "
                                    f"{last['val_loss']:.4f}, val perplexity {last['val_perplexity']:.2f}")
-                    self._write_metrics({"step": done, "tokens": tokens, **last})
+                    self.files.write_metrics({"step": done, "tokens": tokens, **last})
                     ckpt.save(done, state, meta, last["val_loss"])
                     t0, t0_step = time.perf_counter(), done  # evaluation is not training throughput
                 if tc.sample_interval and done % tc.sample_interval == 0 and done < tc.max_steps:
-                    self._log_sample(done, self.sample(state.params, done), progress, f"sample at step {done}")
+                    self.files.log_sample(done, self.sample(state.params, done), progress, f"sample at step {done}")
                     t0, t0_step = time.perf_counter(), done
-                if stop.signal is not None:
+                if self._stop_requested(stop, done):
                     ckpt.save(done, state, {**meta, "tokens": tokens})
-                    progress.print(f"stopped by signal {stop.signal} at step {done}; checkpoint saved, "
+                    how = f"signal {stop.signal}" if stop.signal else "a signal to another process"
+                    progress.print(f"stopped by {how} at step {done}; checkpoint saved, "
                                    "run the same command again to resume")
                     break
         return state, last

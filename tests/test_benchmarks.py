@@ -42,3 +42,13 @@ def test_finetune_benchmark_runs_quickly_from_a_tiny_base(tmp_path):
     assert res.returncode == 0, res.stderr
     rows = [line for line in res.stdout.splitlines() if line.startswith("| classify") or line.startswith("| instruct")]
     assert len(rows) == 4 and "exact match by kind" in res.stdout, res.stdout
+
+
+def test_scaling_benchmark_runs_on_fake_devices():
+    res = subprocess.run([sys.executable, "benchmarks/scaling.py", "--layers", "1", "--heads", "2", "--width", "32",
+                          "--context", "16", "--batch", "8", "--warmup", "1", "--steps", "1"],
+                         cwd=ROOT, capture_output=True, text=True,
+                         env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "ms/step" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "2", "2", "4", "4", "8", "8"], res.stdout

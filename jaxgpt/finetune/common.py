@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxgpt import convert, lora, sharding
 from jaxgpt.config import ModelConfig
@@ -183,7 +182,7 @@ class Steps:
         sharding.check_batch(self.mesh, cfg.batch_size)
         self.tx = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay, mask=decay_mask)
         repl = sharding.replicated(self.mesh)
-        self.batch_sharding = NamedSharding(self.mesh, P(sharding.DATA_AXIS))
+        self.batch_sharding = sharding.eval_batch_sharding(self.mesh)  # (B, T): B over the batch axes
         self.state = jax.jit(lambda p: State(jnp.zeros((), jnp.int32), p, self.tx.init(p)), out_shardings=repl)(
             trainable)
         self.frozen = jax.device_put(frozen, repl)

@@ -1,0 +1,157 @@
+"""Sharded training on 8 fake CPU devices: data parallelism, FSDP, tensor parallelism, restoring onto
+another mesh, and the errors of impossible meshes.
+
+XLA fixes the device count when JAX starts, so `test_on_eight_fake_devices` reruns this file in a child
+process with XLA_FLAGS=--xla_force_host_platform_device_count=8; in the parent the other tests skip.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from jaxgpt import checkpoint
+from jaxgpt.config import MeshConfig
+from jaxgpt.errors import UserError
+from jaxgpt.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+eight = pytest.mark.skipif(jax.device_count() != 8, reason="runs in the 8-device child process")
+
+
+@pytest.mark.skipif(jax.device_count() == 8 or os.environ.get("JAXGPT_SHARDED_CHILD") == "1",
+                    reason="this is the child process")
+def test_on_eight_fake_devices():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAXGPT_SHARDED_CHILD": "1",
+           "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    summary = res.stdout.strip().splitlines()[-1]
+    assert re.match(r"\d+ passed, 1 skipped", summary), summary  # only this test skips in the child
+
+
+def _cfg(cfg, mesh=None, **train):
+    train = {"max_steps": 20, "log_interval": 1, "eval_interval": 20, "eval_steps": 1, **train}
+    return dataclasses.replace(cfg, mesh=mesh or MeshConfig(), train=dataclasses.replace(cfg.train, **train))
+
+
+def _losses(run_dir) -> dict[int, float]:
+    records = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    """The reference: losses of 20 steps of the tiny config on a single device."""
+    from conftest import TINY_MODEL, write_corpus
+    from jaxgpt.config import Config, DataConfig, TrainConfig
+
+    tmp = tmp_path_factory.mktemp("ref")
+    cfg = Config(model=TINY_MODEL, data=DataConfig(source=write_corpus(tmp / "corpus.txt"), tokenizer="char",
+                                                   cache_dir=str(tmp / "data")),
+                 train=TrainConfig(out_dir=str(tmp / "run"), batch_size=8, learning_rate=3e-3, warmup_steps=5,
+                                   decay_steps=20, sample_interval=0, sample_tokens=8, progress=False))
+    Trainer(_cfg(cfg), devices=jax.devices()[:1]).run()
+    return cfg, _losses(tmp / "run")
+
+
+@eight
+@pytest.mark.parametrize("mesh", [MeshConfig(data=8), MeshConfig(data=1, fsdp=8), MeshConfig(data=2, fsdp=4),
+                                  MeshConfig(data=2, fsdp=2, tensor=2)], ids=str)
+def test_losses_match_one_device_and_weights_are_sharded(one_device, mesh, tmp_path):
+    base, ref = one_device
+    cfg = _cfg(base, mesh, out_dir=str(tmp_path / "run"))
+    trainer = Trainer(cfg)
+    state = trainer._init(jax.random.key(0))
+    kernel = state.params["h_0"]["mlp"]["c_fc"]["kernel"]  # (C, 4C): embed -> fsdp, mlp -> tensor
+    C = cfg.model.n_embd
+    expect = P("fsdp" if mesh.fsdp > 1 else None, "tensor" if mesh.tensor > 1 else None)
+    assert kernel.sharding.spec == expect
+    assert kernel.addressable_shards[0].data.shape == (C // mesh.fsdp, 4 * C // mesh.tensor)
+    mu = state.opt_state[1][0].mu["h_0"]["mlp"]["c_fc"]["kernel"]  # Adam's first moment: laid out alike
+    assert mu.sharding.spec == expect
+    del state
+
+    trainer.run()
+    got = _losses(tmp_path / "run")
+    assert got.keys() == ref.keys() and len(got) == 20
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)], atol=1e-5, rtol=0)
+
+
+@eight
+def test_checkpoint_restores_onto_other_meshes(one_device, tmp_path):
+    """Saved with FSDP over 4 devices, resumed on 2 (and restored on 1 and 8): same weights, and the
+    resumed steps give the single-device reference's losses."""
+    base, ref = one_device
+    run = tmp_path / "run"
+    Trainer(_cfg(base, MeshConfig(data=1, fsdp=4), out_dir=str(run), max_steps=10, eval_interval=10),
+            devices=jax.devices()[:4]).run()
+    saved = None
+    for devices, mesh in ((4, MeshConfig(data=1, fsdp=4)), (1, MeshConfig()), (8, MeshConfig(data=2, fsdp=2, tensor=2)),
+                          (2, MeshConfig(data=1, fsdp=2))):
+        trainer = Trainer(_cfg(base, mesh, out_dir=str(run)), devices=jax.devices()[:devices])
+        ckpt = checkpoint.Checkpointer(run, keep=2)
+        state, _ = ckpt.restore(trainer.abstract_state, 10)
+        ckpt.close()
+        kernel = state.params["h_1"]["attn"]["c_attn"]["kernel"]
+        assert len(kernel.sharding.device_set) == devices
+        assert kernel.sharding == trainer.state_sharding.params["h_1"]["attn"]["c_attn"]["kernel"]
+        values = jax.tree.map(np.asarray, state)
+        if saved is None:
+            saved = values
+        else:
+            jax.tree.map(np.testing.assert_array_equal, values, saved)
+    trainer.run()  # the last one, on 2 devices, resumes at step 10 and trains to 20
+    got = _losses(run)
+    np.testing.assert_allclose([got[s] for s in range(1, 21)], [ref[s] for s in range(1, 21)], atol=1e-5, rtol=0)
+
+
+@eight
+def test_one_device_checkpoint_restores_sharded(one_device, tmp_path):
+    base, _ = one_device
+    run = tmp_path / "run"
+    Trainer(_cfg(base, out_dir=str(run), max_steps=2, eval_interval=2), devices=jax.devices()[:1]).run()
+    trainer = Trainer(_cfg(base, MeshConfig(data=1, fsdp=8), out_dir=str(run)))
+    ckpt = checkpoint.Checkpointer(run, keep=2)
+    state, _ = ckpt.restore(trainer.abstract_state, 2)
+    ckpt.close()
+    wte = state.params["wte"]["embedding"]  # (V, C): C over fsdp
+    assert wte.sharding.spec == P(None, "fsdp") and len(wte.addressable_shards) == 8
+
+
+@eight
+@pytest.mark.parametrize("mesh, batch, message", [
+    (MeshConfig(data=3), 8, "has 3 devices but there are 8"),
+    (MeshConfig(data=-1, fsdp=3), 8, "need a multiple of 3 devices"),
+    (MeshConfig(data=2, fsdp=2, tensor=4), 8, "has 16 devices but there are 8"),
+    (MeshConfig(data=8), 12, "divisible by the 8 batch shards"),
+])
+def test_impossible_meshes_are_refused(one_device, mesh, batch, message, tmp_path):
+    base, _ = one_device
+    with pytest.raises(UserError, match=message):
+        Trainer(_cfg(base, mesh, out_dir=str(tmp_path / "run"), batch_size=batch))
+
+
+@eight
+def test_pretrained_weights_land_sharded(one_device, tmp_path):
+    """train.init_from on an FSDP mesh: the weights arrive split over the devices, values unchanged."""
+    from jaxgpt.convert import load_pretrained
+    from jaxgpt.progress import Progress
+
+    base, _ = one_device
+    src = base.train.out_dir  # the reference run
+    trainer = Trainer(_cfg(base, MeshConfig(data=2, fsdp=4), out_dir=str(tmp_path / "run"), init_from=src))
+    state = trainer._pretrained(Progress(1, quiet=True))
+    kernel = state.params["h_0"]["attn"]["c_proj"]["kernel"]  # (C, C): heads, embed -> (none, fsdp)
+    assert kernel.sharding.spec == P(None, "fsdp") and len(kernel.addressable_shards) == 8
+    _, params = load_pretrained(src)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), params)
