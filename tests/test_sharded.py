@@ -155,3 +155,25 @@ def test_pretrained_weights_land_sharded(one_device, tmp_path):
     assert kernel.sharding.spec == P(None, "fsdp") and len(kernel.addressable_shards) == 8
     _, params = load_pretrained(src)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), params)
+
+
+@eight
+def test_gpt2_xl_state_is_split_eight_ways():
+    """Laid out from shapes alone (nothing allocated): with FSDP over 8 devices, each holds about an
+    eighth of gpt2-xl's weights and Adam moments, never the whole 1.5B-parameter state."""
+    from jaxgpt import sharding
+    from jaxgpt.config import ModelConfig, TrainConfig
+    from jaxgpt.model import init_params
+    from jaxgpt.optim import make_optimizer
+    from jaxgpt.steps import TrainState
+
+    tx = make_optimizer(TrainConfig())
+    abstract = jax.eval_shape(lambda: TrainState.create(init_params(ModelConfig.preset("gpt2-xl"),
+                                                                    jax.random.key(0)), tx))
+    mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=8))
+    shardings = sharding.state_shardings(abstract, mesh, MeshConfig().rules)
+    total = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(abstract))
+    per_device = sum(np.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
+                     for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
+    assert total > 17e9  # 1.56B parameters x (weights + two moments) x 4 bytes
+    assert per_device < total / 8 * 1.01
