@@ -153,3 +153,34 @@ def assemble(shape: tuple[int, ...], sharding: NamedSharding, read: Callable[[tu
         return pieces[key]
 
     return jax.make_array_from_callback(shape, sharding, piece)
+
+
+def constrain_activations(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+    """`fn` with the residual stream (the token embeddings and each Block's output, (B, T, C)) split over
+    the batch axes and whole in C. Left to itself, XLA's propagation carries the weights' layout into the
+    activations (C split over fsdp, from the embedding table) and then gathers weights and activations
+    back and forth, or replicates whole tensors; pinned, each FSDP layer is one all-gather of its weights.
+    The model's code is unchanged: the constraint is applied by intercepting module calls while `fn` is
+    traced."""
+    import flax.linen as nn
+
+    from jaxgpt.model import Block
+
+    residual = NamedSharding(mesh, P(BATCH_AXES))
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name != "__call__":
+            return out
+        if isinstance(context.module, Block):
+            x, cache = out
+            return jax.lax.with_sharding_constraint(x, residual), cache
+        if isinstance(context.module, nn.Embed) and out.ndim == 3:  # token embeddings (B, T, C)
+            return jax.lax.with_sharding_constraint(out, residual)
+        return out
+
+    def wrapped(*args, **kwargs):
+        with nn.intercept_methods(interceptor):
+            return fn(*args, **kwargs)
+
+    return wrapped

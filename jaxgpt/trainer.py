@@ -148,11 +148,13 @@ class Trainer:
         self._create = jax.jit(lambda params: TrainState.create(params, self.tx),
                                in_shardings=(self.state_sharding.params,), out_shardings=self.state_sharding)
         self.train_step = jax.jit(
-            functools.partial(train_step, model=self.model, tx=self.tx, seed=tc.seed),
+            sharding.constrain_activations(functools.partial(train_step, model=self.model, tx=self.tx,
+                                                             seed=tc.seed), self.mesh),
             in_shardings=(self.state_sharding, (self.batch_sharding,) * 2),
             out_shardings=(self.state_sharding, repl), donate_argnums=0,
         )
-        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model),
+        self.eval_step = jax.jit(sharding.constrain_activations(functools.partial(eval_step, model=self.model),
+                                                                self.mesh),
                                  in_shardings=(self.state_sharding.params, (self.eval_sharding,) * 2),
                                  out_shardings=repl)
         self.n_params = count_params(abstract.params)
