@@ -110,6 +110,8 @@ def test_checkpoint_restores_onto_other_meshes(one_device, tmp_path):
             saved = values
         else:
             jax.tree.map(np.testing.assert_array_equal, values, saved)
+    _, params, _, _ = checkpoint.load_model(run, 10)  # what `jaxgpt sample` reads: one device
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), saved.params)
     trainer.run()  # the last one, on 2 devices, resumes at step 10 and trains to 20
     got = _losses(run)
     np.testing.assert_allclose([got[s] for s in range(1, 21)], [ref[s] for s in range(1, 21)], atol=1e-5, rtol=0)
