@@ -35,10 +35,12 @@ def test_two_processes_train_one_run_and_one_process_resumes_it(corpus, tmp_path
               f"--data.cache_dir={tmp_path / 'data'}", "--train.log_interval=1", "--train.eval_interval=3",
               "--train.eval_steps=1", "--train.sample_tokens=8", "--train.progress=false"]
     run, ref = tmp_path / "run", tmp_path / "ref"
-    dist = [f"--train.out_dir={run}", "--train.max_steps=3", f"--dist.coordinator=127.0.0.1:{_free_port()}",
-            "--dist.num_processes=2", "--dist.timeout_s=120"]
-    procs = [subprocess.Popen([sys.executable, *common, *dist, f"--dist.process_id={i}"], cwd=ROOT, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 0)]
+    address, first = f"127.0.0.1:{_free_port()}", [f"--train.out_dir={run}", "--train.max_steps=3"]
+    # Process 0 is set up by flags, process 1 by the environment variables.
+    flags = [f"--dist.coordinator={address}", "--dist.num_processes=2", "--dist.process_id=0"]
+    env1 = {**_env(), "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+    procs = [subprocess.Popen([sys.executable, *common, *first, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for extra, env in (([], env1), (flags, _env()))]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out + err
