@@ -281,6 +281,7 @@ class Trainer:
         tc = self.cfg.train
         start = int(state.step)
         peak, fpt = peak_flops(), flops_per_token(self.cfg.model, self.n_params)
+        peak = peak and peak * jax.process_count()  # tokens/s counts every process's share of the batch
         tokens, last, skipped = meta["tokens"], {}, int(state.skipped)
         t0, t0_step = time.perf_counter(), start
         with _StopFlag() as stop:
