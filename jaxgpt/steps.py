@@ -49,13 +49,92 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid)
 
 
+def _split(h, targets, chunk_tokens: int):
+    """Cut N tokens into k equal chunks of at most chunk_tokens (the fewest such k that divides N).
+
+    Chunk j holds tokens j, j + k, j + 2k, ...: strided rather than contiguous, so a batch sharded over
+    devices stays sharded the same way inside every chunk. Returns h (k, n, C) and targets (k, n).
+    """
+    N, C = h.shape
+    k = next(k for k in range(max(1, -(-N // chunk_tokens)), N + 1) if N % k == 0)
+    return h.reshape(N // k, k, C).transpose(1, 0, 2), targets.reshape(N // k, k).T
+
+
+def _chunk_loss(h, targets, wte, dtype):
+    """Summed loss of one chunk, h: (n, C), targets: (n,), and the gradient of that sum w.r.t. its logits.
+
+    The logits are GPT.logits' own (a product in the compute dtype, then float32). One exponential per logit
+    serves both the log-sum-exp and the softmax: on a CPU the exponentials cost more than the memory passes.
+    """
+    logits = jnp.einsum("nc,vc->nv", h.astype(dtype), wte.astype(dtype)).astype(jnp.float32)  # (n, V)
+    valid = targets != IGNORE_INDEX
+    top = jnp.max(logits, axis=-1, keepdims=True)  # (n, 1)
+    e = jnp.exp(logits - top)  # (n, V)
+    total = jnp.sum(e, axis=-1, keepdims=True)  # (n, 1)
+    picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[:, None], axis=-1)  # (n, 1) target logit
+    loss = jnp.sum(jnp.where(valid[:, None], top + jnp.log(total) - picked, 0.0))
+    hit = jnp.arange(logits.shape[1])[None, :] == targets[:, None]  # (n, V) one-hot of the targets
+    dlogits = jnp.where(valid[:, None], e / total - hit, 0.0)  # (n, V) softmax minus one-hot
+    return loss, dlogits.astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def head_loss(h, wte, targets, dtype: str, chunk_tokens: int) -> jax.Array:
+    """Summed cross-entropy of the tied output head, chunk by chunk, never holding all (N, V) logits.
+
+    Args:
+        h: (N, C) final hidden states; wte: (V, C) token embedding; targets: (N,) ids or IGNORE_INDEX.
+        dtype: compute dtype of the projection; chunk_tokens: most tokens whose logits exist at once.
+    """
+    hs, ts = _split(h, targets, chunk_tokens)
+    return jnp.sum(jax.lax.map(lambda a: _chunk_loss(a[0], a[1], wte, jnp.dtype(dtype))[0], (hs, ts)))
+
+
+def _head_loss_fwd(h, wte, targets, dtype, chunk_tokens):
+    # The loss is a sum, so its gradient for a cotangent g is g times the gradient of the sum: compute that
+    # here, chunk by chunk while each chunk's logits exist, and keep no logits for the backward pass.
+    hs, ts = _split(h, targets, chunk_tokens)
+    dt = jnp.dtype(dtype)
+
+    def chunk(dwte, inputs):
+        hc, tc = inputs  # (n, C), (n,)
+        loss, dlogits = _chunk_loss(hc, tc, wte, dt)  # (), (n, V)
+        dh = jnp.einsum("nv,vc->nc", dlogits, wte.astype(dt)).astype(h.dtype)  # (n, C)
+        dwte = dwte + jnp.einsum("nv,nc->vc", dlogits, hc.astype(dt)).astype(wte.dtype)  # (V, C)
+        return dwte, (loss, dh)
+
+    if hs.shape[0] == 1:  # one chunk: no loop, no accumulator
+        dwte, (loss, dh) = chunk(jnp.zeros_like(wte), (hs[0], ts[0]))
+        loss, dh = loss[None], dh[None]
+    else:
+        dwte, (loss, dh) = jax.lax.scan(chunk, jnp.zeros_like(wte), (hs, ts))  # dh: (k, n, C)
+    return jnp.sum(loss), (dh.transpose(1, 0, 2).reshape(h.shape), dwte)  # dh back to (N, C)
+
+
+def _head_loss_bwd(dtype, chunk_tokens, res, g):
+    dh, dwte = res
+    return g * dh, g * dwte, None  # targets are integers: no cotangent
+
+
+head_loss.defvjp(_head_loss_fwd, _head_loss_bwd)
+
+HEAD_CHUNK_TOKENS = 1024  # logits of at most this many tokens exist at once in the loss
+
+
 def loss_fn(params, model: GPT, x: jax.Array, y: jax.Array, dropout_key=None) -> jax.Array:
-    """Mean cross-entropy of the model on one batch x, y: (B, T)."""
+    """Mean cross-entropy of the model on one batch x, y: (B, T).
+
+    Equal to `cross_entropy(model.apply(...), y)` divided by the count, but the output head and the loss run
+    fused, chunk by chunk (`head_loss`): the (B, T, vocab) logits are never materialised.
+    """
     deterministic = dropout_key is None
     rngs = None if deterministic else {"dropout": dropout_key}
-    logits = model.apply({"params": params}, x, deterministic=deterministic, rngs=rngs)  # (B, T, V)
-    total, count = cross_entropy(logits, y)
-    return total / jnp.maximum(count, 1)
+    h, _ = model.apply({"params": params}, x, deterministic=deterministic, rngs=rngs,
+                       method=GPT.hidden_states)  # (B, T, C)
+    B, T, C = h.shape
+    total = head_loss(h.reshape(B * T, C), params["wte"]["embedding"], y.reshape(B * T),  # (B*T, C), (B*T,)
+                      model.config.dtype, HEAD_CHUNK_TOKENS)
+    return total / jnp.maximum(jnp.sum(y != IGNORE_INDEX), 1)
 
 
 def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array], *, model: GPT,
@@ -75,27 +154,34 @@ def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array], *, model: 
     step_key = jax.random.fold_in(jax.random.key(seed), state.step)  # same step -> same dropout masks
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def micro(carry, inputs):
-        loss_sum, grad_sum = carry
-        i, xb, yb = inputs
-        key = jax.random.fold_in(step_key, i) if use_dropout else None
-        loss, grads = grad_fn(state.params, model, xb, yb, key)
-        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+    def micro(i, xb, yb):
+        return grad_fn(state.params, model, xb, yb, jax.random.fold_in(step_key, i) if use_dropout else None)
 
     n = x.shape[0]
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros(()), zeros), (jnp.arange(n), x, y))
-    loss, grads = loss / n, jax.tree.map(lambda g: g / n, grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if n == 1:  # no accumulation: no zero-filled sums, no scan, no division
+        loss, grads = micro(0, x[0], y[0])
+    else:
+        def accumulate(carry, inputs):
+            loss, grads = micro(*inputs)
+            return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros), (jnp.arange(n), x, y))
+        loss, grads = loss / n, jax.tree.map(lambda g: g / n, grads)
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
+
+    def update(params, opt_state):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    # A conditional rather than a select between old and new: the update then happens in place, with no copy
+    # of the optimizer state kept for the case where it must be thrown away.
+    params, opt_state = jax.lax.cond(ok, update, lambda p, o: (p, o), state.params, state.opt_state)
     step = state.step + 1
     skipped = state.skipped + (~ok).astype(jnp.int32)
     first = jnp.where((state.first_skipped == 0) & ~ok, step, state.first_skipped)
-    state = TrainState(step=step, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-                       skipped=skipped, first_skipped=first)
+    state = TrainState(step=step, params=params, opt_state=opt_state, skipped=skipped, first_skipped=first)
     return state, {"loss": loss, "grad_norm": grad_norm, "skipped": skipped, "first_skipped": first}
 
 

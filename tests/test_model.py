@@ -94,3 +94,17 @@ def test_no_qkv_bias_and_bfloat16_compute(tiny_model):
     assert params["h_0"]["attn"]["c_attn"]["kernel"].dtype == jnp.float32  # weights stay float32
     logits = GPT(cfg).apply({"params": params}, jnp.zeros((1, 4), jnp.int32))
     assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+
+
+def test_kv_cache_layout_is_heads_before_positions(tiny_model):
+    cache = KVCache.init(tiny_model, 2, 12)
+    assert len(cache.k) == len(cache.v) == tiny_model.n_layer
+    assert cache.k[0].shape == (2, tiny_model.n_head, 12, tiny_model.head_dim)
+
+
+def test_logits_are_the_tied_embedding_product(tiny_model):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, tiny_model.vocab_size)
+    h, _ = model.apply({"params": params}, tokens, method=GPT.hidden_states)
+    want = np.asarray(h) @ np.asarray(params["wte"]["embedding"]).T
+    np.testing.assert_allclose(model.apply({"params": params}, tokens), want, atol=1e-5)

@@ -66,3 +66,12 @@ def test_invalid_settings(tiny_model, kwargs, pattern):
     model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
     with pytest.raises(UserError, match=pattern):
         generate(model, params, [1], 2, key=jax.random.key(0), **kwargs)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_batched_greedy_decoding_equals_full_recomputation(tiny_model, batch):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    prompts = np.asarray(jax.random.randint(jax.random.key(2), (batch, 4), 0, tiny_model.vocab_size))
+    out = generate(model, params, prompts, 10, key=jax.random.key(0), temperature=0)
+    for row, prompt in zip(out, prompts):
+        np.testing.assert_array_equal(row, _greedy_by_recomputation(model, params, prompt, 10)[0])

@@ -4,7 +4,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from jaxgpt import steps
 from jaxgpt.config import TrainConfig
 from jaxgpt.model import GPT, init_params
 from jaxgpt.optim import decay_mask, lr_schedule, make_optimizer
@@ -83,3 +85,43 @@ def test_schedule_and_decay_mask(tiny_model):
     mask = decay_mask(init_params(tiny_model, jax.random.key(0)))
     assert mask["h_0"]["attn"]["c_attn"]["kernel"] and mask["wte"]["embedding"]
     assert not mask["h_0"]["attn"]["c_attn"]["bias"] and not mask["ln_f"]["scale"]
+
+
+def _plain_loss(params, model, x, y):
+    total, count = cross_entropy(model.apply({"params": params}, x), y)
+    return total / jnp.maximum(count, 1)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1024, 16, 5])  # one chunk; 3 chunks of 16; 12 chunks of 4
+def test_fused_chunked_loss_equals_plain_loss_and_gradient(tiny_model, chunk_tokens, monkeypatch):
+    monkeypatch.setattr(steps, "HEAD_CHUNK_TOKENS", chunk_tokens)
+    cfg = dataclasses.replace(tiny_model, vocab_size=101)  # not a multiple of anything convenient
+    model, params = GPT(cfg), init_params(cfg, jax.random.key(0))
+    x = jax.random.randint(jax.random.key(1), (3, 16), 0, cfg.vocab_size)
+    y = jnp.roll(x, -1, axis=1).at[0, 3:7].set(IGNORE_INDEX).at[2, :].set(IGNORE_INDEX)
+    want, want_grads = jax.value_and_grad(_plain_loss)(params, model, x, y)
+    got, grads = jax.value_and_grad(steps.loss_fn)(params, model, x, y)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(steps.loss_fn(params, model, x, y), want, atol=1e-6)  # the primal path too
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_fused_loss_with_every_target_ignored_is_zero(tiny_model):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    x = jnp.zeros((2, 8), jnp.int32)
+    loss, grads = jax.value_and_grad(steps.loss_fn)(params, model, x, jnp.full((2, 8), IGNORE_INDEX))
+    assert float(loss) == 0.0
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_a_non_finite_update_leaves_the_state_as_it_was(tiny_model):
+    tc = TrainConfig(learning_rate=1e-3, warmup_steps=0)
+    state, step, batch = _setup(tiny_model, tc, (1, 2, 8))
+    state = state.replace(params={**state.params, "ln_f": {**state.params["ln_f"],
+                                                           "scale": state.params["ln_f"]["scale"].at[0].set(jnp.nan)}})
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    new, m = step(state, batch)
+    assert int(new.skipped) == 1 and int(new.first_skipped) == 1 and int(new.step) == 1
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((new.params, new.opt_state))):
+        np.testing.assert_array_equal(a, b)
