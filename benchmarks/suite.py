@@ -11,9 +11,11 @@ resident memory of the 124M train step, each side in a fresh process of its own 
 second step). Peak RSS is the process's VmHWM on Linux: ru_maxrss (also recorded) would be wrong there,
 because the kernel carries it across fork + exec, so a child starts at the parent's peak.
 
-Method. Cases 1-4 build both sides, run --warmup untimed calls of each (jaxgpt compiles there), then
---repeats timed calls ALTERNATING the two sides (which side goes first alternates too), and report the
-median. Each timed call ends synchronised: jax.block_until_ready on jaxgpt's outputs (generate returns a
+Method. Cases 1-4 build each side in a warm worker process of its own (one imports only jax, the other
+only torch, as a user's program would: in one shared process torch's idle OpenMP threads and allocator
+slowed jaxgpt's 124M step by 10-20%), run --warmup untimed calls in each (jaxgpt compiles there), then
+time --repeats calls ALTERNATING the two sides (which side goes first alternates too), each after
+--pause seconds of idle, and report the median. Each timed call ends synchronised: jax.block_until_ready on jaxgpt's outputs (generate returns a
 numpy array), torch.cuda.synchronize on a GPU (torch on a CPU is synchronous). Tokens/s counts B x T
 tokens per train step and B x new tokens per generation. MFU divides model FLOPs per second (train:
 6 N + 12 L C T per token; generation: 2 N + 4 L C (prompt + new/2) per new token, prefill not counted; N
@@ -36,7 +38,6 @@ default). Setup and compilation are never timed except in case 5, which is about
 import argparse
 import datetime
 import functools
-import gc
 import json
 import os
 import platform
@@ -224,24 +225,60 @@ def run_child(side: str, args) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def bench(case: dict, args, peak: float) -> dict:
-    """Warm both sides up, then time alternating repeats; medians, tokens/s, MFU, ratio."""
-    runs = {side: RUNNERS[side](case, args.threads) for side in RUNNERS}
+def worker(side: str, case: dict, args) -> None:
+    """One side of cases 1-4 in a process of its own: build, warm up, say "ready", then answer each line
+    on stdin with the seconds of one timed call."""
+    run = RUNNERS[side](case, args.threads)
     for _ in range(args.warmup):
-        for fn in runs.values():
-            fn()
-    times = {side: [] for side in runs}
+        run()
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(f"time {timed(run)!r}", flush=True)
+
+
+class Worker:
+    """The parent's handle on a worker process."""
+
+    def __init__(self, side: str, key: int, args):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, __file__, "--worker", side, "--case", str(key), "--threads", str(args.threads),
+               "--warmup", str(args.warmup)] + ["--tiny"] * args.tiny
+        self.side, self.proc = side, subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                                      env=env)
+        self._answer("ready")
+
+    def _answer(self, prefix: str) -> str:
+        for line in self.proc.stdout:  # anything else a library prints on stdout is skipped
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        raise SystemExit(f"the {self.side} worker exited with status {self.proc.wait()}")
+
+    def timed_call(self) -> float:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return float(self._answer("time "))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def bench(key: int, case: dict, args, peak: float) -> dict:
+    """Warm both sides up, each in its own process, then time alternating calls; medians, tokens/s, MFU, ratio."""
+    workers = {side: Worker(side, key, args) for side in RUNNERS}  # built one after the other
+    times = {side: [] for side in workers}
     for i in range(args.repeats):
         for side in (("jaxgpt", "torch") if i % 2 == 0 else ("torch", "jaxgpt")):
-            times[side].append(timed(runs[side]))
+            time.sleep(args.pause)  # the other side's worker threads stop spinning before the clock starts
+            times[side].append(workers[side].timed_call())
+    for w in workers.values():
+        w.close()
     out = {"name": case["name"], "tokens_per_call": tokens(case), "flops_per_token": flops_per_token(case)}
     for side, ts in times.items():
         med = statistics.median(ts)
         tps = tokens(case) / med
         out[side] = {"median_s": med, "times_s": ts, "tokens_per_s": tps, "mfu": tps * flops_per_token(case) / peak}
     out["ratio"] = out["jaxgpt"]["tokens_per_s"] / out["torch"]["tokens_per_s"]
-    del runs
-    gc.collect()
     return out
 
 
@@ -300,7 +337,12 @@ def main(argv=None) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny shapes, to check that the suite runs")
     p.add_argument("--json", default="out/bench_suite.json")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--pause", type=float, default=1.0,
+                   help="seconds of idle before each timed call (default 1), so neither side runs while the "
+                        "other's thread pool is still spinning")
     p.add_argument("--child", choices=list(RUNNERS), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=list(RUNNERS), help=argparse.SUPPRESS)
+    p.add_argument("--case", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.repeats = args.repeats or (2 if args.tiny else 5)
     if args.warmup < 1:
@@ -310,6 +352,8 @@ def main(argv=None) -> None:
     cases = make_cases(args.tiny)
     if args.child:
         return child(args.child, cases[5], args.threads)
+    if args.worker:
+        return worker(args.worker, cases[args.case], args)
 
     peak, peak_how = measure_peak(args.tiny)
     env = environment(args, peak, peak_how)
@@ -323,7 +367,7 @@ def main(argv=None) -> None:
                             "ratio_first_step": j["first_step_s"] / t["first_step_s"],
                             "ratio_rss": j["peak_rss_mb"] / t["peak_rss_mb"]}
         else:
-            results[str(key)] = bench(case, args, peak)
+            results[str(key)] = bench(key, case, args, peak)
     print(table(env, results))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"environment": env, "cases": results}, indent=2) + "\n")

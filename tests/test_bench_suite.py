@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_benchmark_suite_runs_on_tiny_shapes(tmp_path):
     out = tmp_path / "suite.json"
-    res = subprocess.run([sys.executable, "benchmarks/suite.py", "--tiny", "--repeats", "2", "--json", str(out)],
+    res = subprocess.run([sys.executable, "benchmarks/suite.py", "--tiny", "--repeats", "2", "--pause", "0",
+                          "--json", str(out)],
                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          timeout=600, check=False)
     assert res.returncode == 0, res.stderr
