@@ -12,10 +12,10 @@ second step). Peak RSS is the process's VmHWM on Linux: ru_maxrss (also recorded
 because the kernel carries it across fork + exec, so a child starts at the parent's peak.
 
 Method. Cases 1-4 build each side in a warm worker process of its own (one imports only jax, the other
-only torch, as a user's program would: in one shared process torch's idle OpenMP threads and allocator
-slowed jaxgpt's 124M step by 10-20%), run --warmup untimed calls in each (jaxgpt compiles there), then
-time --repeats calls ALTERNATING the two sides (which side goes first alternates too), each after
---pause seconds of idle, and report the median. Each timed call ends synchronised: jax.block_until_ready on jaxgpt's outputs (generate returns a
+only torch, as a user's program would), run --warmup untimed calls in each (jaxgpt compiles there),
+then time --repeats calls ALTERNATING the two sides (which side goes first alternates too), each after
+--pause seconds of idle, and report the median. Each timed call ends synchronised: jax.block_until_ready
+on jaxgpt's outputs (generate returns a
 numpy array), torch.cuda.synchronize on a GPU (torch on a CPU is synchronous). Tokens/s counts B x T
 tokens per train step and B x new tokens per generation. MFU divides model FLOPs per second (train:
 6 N + 12 L C T per token; generation: 2 N + 4 L C (prompt + new/2) per new token, prefill not counted; N
