@@ -215,10 +215,15 @@ def child(side: str, case: dict, threads: int) -> None:
     print(json.dumps(result))
 
 
-def run_child(side: str, args) -> dict:
+def _command(args, *extra: str) -> tuple[list[str], dict]:
+    """This script run again as a helper process: its command line and environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}  # compile for real
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, __file__, "--child", side, "--threads", str(args.threads)] + ["--tiny"] * args.tiny
+    return [sys.executable, __file__, *extra, "--threads", str(args.threads)] + ["--tiny"] * args.tiny, env
+
+
+def run_child(side: str, args) -> dict:
+    cmd, env = _command(args, "--child", side)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if res.returncode:
         raise SystemExit(f"case 5 ({side}) failed:\n{res.stderr[-3000:]}")
@@ -240,9 +245,7 @@ class Worker:
     """The parent's handle on a worker process."""
 
     def __init__(self, side: str, key: int, args):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, __file__, "--worker", side, "--case", str(key), "--threads", str(args.threads),
-               "--warmup", str(args.warmup)] + ["--tiny"] * args.tiny
+        cmd, env = _command(args, "--worker", side, "--case", str(key), "--warmup", str(args.warmup))
         self.side, self.proc = side, subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                                       env=env)
         self._answer("ready")

@@ -61,6 +61,19 @@ def _residual_std(config: ModelConfig) -> float:
     return 0.02 / math.sqrt(2 * config.n_layer)
 
 
+def _explicit_attention(q, k, v, mask, kv: str, on_probs=None):
+    """Softmax attention with the weights formed explicitly (for dropout on them, or a KV cache).
+
+    q: (B, T, H, D); k, v: laid out as `kv`, "bshd" (B, S, H, D) or "bhsd" (B, H, S, D); mask: (T, S), True
+    where a query may attend. `on_probs` transforms the (B, H, T, S) weights. Returns (B, T, H, D).
+    """
+    scores = jnp.einsum(f"bthd,{kv}->bhts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
+    if on_probs is not None:
+        probs = on_probs(probs)
+    return jnp.einsum(f"bhts,{kv}->bthd", probs.astype(v.dtype), v)  # (B, T, H, D)
+
+
 class CausalSelfAttention(nn.Module):
     config: ModelConfig
 
@@ -83,17 +96,12 @@ class CausalSelfAttention(nn.Module):
             layer_cache = (k_all, v_all)
             q_pos = pos + jnp.arange(T)  # (T,)
             mask = jnp.arange(k_all.shape[2])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
-            scores = jnp.einsum("bthd,bhsd->bhts", q, k_all).astype(jnp.float32) / math.sqrt(D)  # (B, H, T, S)
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1).astype(v_all.dtype)
-            y = jnp.einsum("bhts,bhsd->bthd", probs, v_all).astype(x.dtype)  # (B, T, H, D)
+            y = _explicit_attention(q, k_all, v_all, mask, "bhsd")  # (B, T, H, D)
         elif cfg.dropout > 0 and not deterministic:
             # Attention-probability dropout, as in GPT-2, needs the weights themselves.
-            scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(D)  # (B, H, T, T)
             causal = jnp.tril(jnp.ones((T, T), bool))
-            scores = jnp.where(causal, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-            probs = nn.Dropout(cfg.dropout)(jax.nn.softmax(scores, axis=-1), deterministic=False)
-            y = jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v)  # (B, T, H, D)
+            y = _explicit_attention(q, k, v, causal, "bshd",
+                                    lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
         else:
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # (B, T, H, D)
 

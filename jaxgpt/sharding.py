@@ -135,24 +135,22 @@ def check_batch(mesh: jax.sharding.Mesh, micro_batch: int) -> None:
                         f"divisible by the {n} batch shards (mesh.data x mesh.fsdp); change train.batch_size")
 
 
-def put_batch(batch: tuple[np.ndarray, ...], sharding: NamedSharding) -> tuple[jax.Array, ...]:
-    """Place host arrays, identical on every process, on the mesh with the given sharding."""
-    return tuple(jax.make_array_from_callback(b.shape, sharding, lambda index, b=b: b[index]) for b in batch)
+def assemble(shape: tuple[int, ...], sharding: NamedSharding, read: Callable[[tuple], tuple[np.ndarray, ...]],
+             count: int) -> tuple[jax.Array, ...]:
+    """`count` global arrays of `shape` laid out by `sharding`, built from `read(index)`, which returns the
+    host data of one index (a tuple of slices) for each of them. Only this process's devices are asked for,
+    so each process reads only its own part; an index shared by several local devices is read once."""
+    pieces: dict[str, tuple[np.ndarray, ...]] = {}
 
+    def piece(i: int):
+        def get(index):
+            key = repr(index)
+            if key not in pieces:
+                pieces[key] = read(index)
+            return pieces[key][i]
+        return get
 
-def assemble(shape: tuple[int, ...], sharding: NamedSharding, read: Callable[[tuple], np.ndarray]) -> jax.Array:
-    """A global array of `shape` laid out by `sharding`, built from `read(index)`, which returns the
-    host data of one index (a tuple of slices). Only this process's devices are asked for, so each process
-    reads only its own part; pieces shared by several local devices are read once."""
-    pieces: dict[str, np.ndarray] = {}
-
-    def piece(index):
-        key = repr(index)
-        if key not in pieces:
-            pieces[key] = read(index)
-        return pieces[key]
-
-    return jax.make_array_from_callback(shape, sharding, piece)
+    return tuple(jax.make_array_from_callback(shape, sharding, piece(i)) for i in range(count))
 
 
 def constrain_activations(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:

@@ -164,14 +164,12 @@ class Trainer:
         """(x, y) global arrays of shape starts.shape + (T,) on `shard`; this process reads from `tokens`
         only the windows of the rows its devices hold."""
         T = self.cfg.model.block_size
-        shape = (*starts.shape, T)
 
         def read(index):  # index: slices into (..., T); the last dimension is never split
-            return data.read_windows(tokens, starts[index[:-1]], T)  # (..., T + 1)
+            windows = data.read_windows(tokens, starts[index[:-1]], T)  # (..., T + 1)
+            return windows[..., :-1], windows[..., 1:]
 
-        x = sharding.assemble(shape, shard, lambda index: read(index)[..., :-1])
-        y = sharding.assemble(shape, shard, lambda index: read(index)[..., 1:])
-        return x, y
+        return sharding.assemble((*starts.shape, T), shard, read, 2)
 
     def batch(self, step: int):
         """The training batch of `step`, shaped (grad_accum, micro_batch, T) and placed on the mesh. The
@@ -217,11 +215,10 @@ class Trainer:
         src, m = self.cfg.train.init_from, self.cfg.model
         _, params = convert.load_pretrained(src)
         params = {**params, "wpe": {"embedding": params["wpe"]["embedding"][:m.block_size]}}
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.dtype(m.param_dtype)), params)
+        params = jax.tree.map(lambda a: np.asarray(a, jnp.dtype(m.param_dtype)), params)  # still on the host
         progress.print(f"initialised from {src}: {m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, "
                        f"vocab {m.vocab_size}, context {m.block_size}")
-        # Each device receives only its own shards of the host arrays, never the whole model.
-        return self._create(jax.device_put(params, self.state_sharding.params))
+        return self._create(params)  # its in_shardings send each device only its own shards
 
     def run(self) -> dict:
         """Train to train.max_steps (or until interrupted). Returns the last evaluation's metrics."""

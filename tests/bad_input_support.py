@@ -78,6 +78,11 @@ class Env:
         return ["--config", TINY_RECIPE, f"--data.source={source}", f"--train.out_dir={self.tmp / 'run'}",
                 f"--data.cache_dir={self.tmp / 'data'}", "--train.progress=false", *extra]
 
+    def finetune(self, task: str, *extra, model=None) -> list[str]:
+        """Arguments for `jaxgpt finetune TASK` from `model` (default: the GPT-2-vocabulary model) into tmp_path."""
+        return ["finetune", task, "--init-from", str(model or self.base.bpe), "--out-dir", str(self.tmp / "out"),
+                *extra]
+
     def run_copy(self) -> Path:
         """A copy of the trained run (and of its data cache, so resuming it prepares nothing)."""
         shutil.copytree(self.base.run, self.tmp / "run")

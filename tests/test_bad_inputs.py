@@ -169,50 +169,41 @@ CASES = [
 
     # --- finetune classify -----------------------------------------------------------------------------
     Case("finetune-classify-csv-without-the-columns", "jaxgpt",
-         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
-                    "--data", str(e.file("d.csv", "id,kind,body\n1,spam,win\n2,ham,hi\n"))],
+         lambda e: e.finetune("classify", "--data", str(e.file("d.csv", "id,kind,body\n1,spam,win\n2,ham,hi\n"))),
          "has no columns 'label' and 'text'"),
     Case("finetune-classify-one-class", "jaxgpt",
-         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
-                    "--data", str(e.file("d.csv", "label,text\n" + "".join(f"ham,hello {i}\n" for i in range(20))))],
+         lambda e: e.finetune("classify", "--data",
+                              str(e.file("d.csv", "label,text\n" + "".join(f"ham,hello {i}\n" for i in range(20))))),
          "only one class ('ham')"),
     Case("finetune-classify-empty-text", "jaxgpt",
-         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
-                    "--data", str(e.file("d.csv", "label,text\nspam,win now\nham,\n"))],
+         lambda e: e.finetune("classify", "--data", str(e.file("d.csv", "label,text\nspam,win now\nham,\n"))),
          "line 3 has an empty text"),
     Case("finetune-classify-text-outside-char-vocabulary", "jaxgpt",
-         lambda e: ["finetune", "classify", "--init-from", str(e.base.run), "--out-dir", str(e.tmp / "out"),
-                    "--data", str(e.file("d.csv", "label,text\n" + "".join(
-                        f"{'a' if i % 2 else 'b'},Zebra {i}\n" for i in range(20))))],
+         lambda e: e.finetune("classify", "--data", str(e.file("d.csv", "label,text\n" + "".join(
+             f"{'a' if i % 2 else 'b'},Zebra {i}\n" for i in range(20)))), model=e.base.run),
          "characters that the model in"),
     Case("finetune-classify-no-examples", "jaxgpt",
-         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
-                    "--per-class", "0"], "--per-class must be positive"),
+         lambda e: e.finetune("classify", "--per-class", "0"), "--per-class must be positive"),
     Case("finetune-classify-epochs-not-a-number", "jaxgpt",
-         lambda e: ["finetune", "classify", "--init-from", str(e.base.bpe), "--epochs", "two",
-                    "--out-dir", str(e.tmp / "out")],
+         lambda e: e.finetune("classify", "--epochs", "two"),
          "argument --epochs: invalid int value: 'two'"),
 
     # --- finetune instruct -----------------------------------------------------------------------------
     Case("finetune-instruct-json-object-not-list", "jaxgpt",
-         lambda e: ["finetune", "instruct", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
-                    "--data", str(e.file("d.json", json.dumps(
-                        {"examples": [{"instruction": "a", "output": "b"}]}, indent=2)))],
+         lambda e: e.finetune("instruct", "--data", str(e.file("d.json", json.dumps(
+             {"examples": [{"instruction": "a", "output": "b"}]}, indent=2)))),
          "holds one JSON object, not a list of examples"),
     Case("finetune-instruct-list-of-strings", "jaxgpt",
-         lambda e: ["finetune", "instruct", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
-                    "--data", str(e.file("d.json", '["say hi", "say bye"]'))], "example 0 is not an object"),
+         lambda e: e.finetune("instruct", "--data", str(e.file("d.json", '["say hi", "say bye"]'))),
+         "example 0 is not an object"),
     Case("finetune-instruct-lacking-output", "jaxgpt",
-         lambda e: ["finetune", "instruct", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
-                    "--data", str(e.file("d.jsonl", '{"instruction": "a", "output": "b"}\n'
-                                                    '{"instruction": "c", "response": "d"}\n'))],
+         lambda e: e.finetune("instruct", "--data", str(e.file("d.jsonl", '{"instruction": "a", "output": "b"}\n'
+                                                                '{"instruction": "c", "response": "d"}\n'))),
          "example 1 lacks a text field 'output'"),
     Case("finetune-instruct-zero-new-tokens", "jaxgpt",
-         lambda e: ["finetune", "instruct", "--init-from", str(e.base.bpe), "--out-dir", str(e.tmp / "out"),
-                    "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+         lambda e: e.finetune("instruct", "--max-new-tokens", "0"), "--max-new-tokens must be at least 1"),
     Case("finetune-instruct-char-model", "jaxgpt",
-         lambda e: ["finetune", "instruct", "--init-from", str(e.base.run), "--out-dir", str(e.tmp / "out"),
-                    "--n-tasks", "40"], "which has no <|endoftext|>"),
+         lambda e: e.finetune("instruct", "--n-tasks", "40", model=e.base.run), "which has no <|endoftext|>"),
 
     # --- classify --------------------------------------------------------------------------------------
     Case("classify-ckpt-not-a-classifier", "jaxgpt",

@@ -74,15 +74,16 @@ def test_specs_follow_the_rules_and_keep_uneven_dimensions_whole():
     assert sharding.spec_for(kernel, (768, 3072), mesh, same) == P("fsdp", None)
 
 
-def test_assemble_reads_only_the_requested_pieces():
+def test_assemble_reads_each_piece_once_for_all_outputs():
     mesh = sharding.make_mesh(MeshConfig())
     seen = []
     data = np.arange(24).reshape(4, 6)
 
     def read(index):
         seen.append(index)
-        return data[index]
+        return data[index], -data[index]
 
-    arr = sharding.assemble((4, 6), sharding.eval_batch_sharding(mesh), read)
-    np.testing.assert_array_equal(np.asarray(arr), data)
-    assert len(seen) == jax.local_device_count() == 1
+    x, y = sharding.assemble((4, 6), sharding.eval_batch_sharding(mesh), read, 2)
+    np.testing.assert_array_equal(np.asarray(x), data)
+    np.testing.assert_array_equal(np.asarray(y), -data)
+    assert len(seen) == jax.local_device_count() == 1  # one read serves both arrays
