@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                          # the default recipe
     python benchmarks/throughput.py --config configs/gpt2_124m.py --train.batch_size=8
+    python benchmarks/throughput.py --config configs/gpt2_124m.py --model.dtype=bfloat16 --model.remat=dots  # a GPU
 
 Times are medians over --repeats timed runs after one warm-up (compilation), synchronised with
 block_until_ready. MFU is against the peak that `jaxgpt.progress.peak_flops` reports (on a CPU, a
@@ -21,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxgpt import config as config_lib  # noqa: E402
-from jaxgpt.model import GPT, count_params, init_params  # noqa: E402
+from jaxgpt.model import GPT, attention_implementation, count_params, init_params  # noqa: E402
 from jaxgpt.optim import make_optimizer  # noqa: E402
 from jaxgpt.progress import flops_per_token, peak_flops  # noqa: E402
 from jaxgpt.sampling import generate  # noqa: E402
@@ -70,8 +71,10 @@ def main(argv=None) -> None:
     gen_s = median_seconds(gen, args.repeats)
     peak = peak_flops()
     mfu = train_tps * flops_per_token(mcfg, count_params(params)) / peak if peak else float("nan")
+    micro = (tc.batch_size // tc.grad_accum, T, mcfg.n_head, mcfg.head_dim)  # q/k/v of one micro-batch
+    how = attention_implementation(mcfg.attention, jax.default_backend(), mcfg.dtype, micro)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; model: {count_params(params):,} "
-          f"parameters, context {T}, vocab {vocab}\n")
+          f"parameters, context {T}, vocab {vocab}; compute {mcfg.dtype}, attention {how}, remat {mcfg.remat}\n")
     print("| case | median time | tokens/s | MFU |\n|---|---|---|---|")
     print(f"| train step, batch {tc.batch_size} x {T} | {train_s * 1e3:.1f} ms | {train_tps:,.0f} | {mfu:.1%} |")
     print(f"| generate, batch 1, {new} new tokens, greedy | {gen_s * 1e3:.1f} ms | {new / gen_s:,.0f} | |")

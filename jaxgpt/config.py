@@ -22,6 +22,8 @@ from typing import Any
 from jaxgpt.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = ("auto", "xla")
+REMAT = ("none", "full", "dots")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5  # GPT-2's value; Flax's default (1e-6) would shift every logit
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of the weights
+    attention: str = "auto"  # "auto": cuDNN's fused attention where it compiles (GPU, 16-bit dtype), else XLA's; "xla"
+    remat: str = "none"  # recompute in the backward pass, per block: "none", "full", or "dots" (keeps matmul outputs)
 
     @staticmethod
     def preset(name: str, **overrides: Any) -> ModelConfig:
@@ -149,6 +153,8 @@ RESUMABLE_KEYS = frozenset(
     {"train.max_steps", "train.log_interval", "train.eval_interval", "train.eval_steps",
      "train.sample_interval", "train.sample_tokens", "train.sample_prompt", "train.keep_checkpoints",
      "train.progress", "train.out_dir", "data.cache_dir", "train.skip_nonfinite"}
+    # How the same computation is carried out is not what it learns either.
+    | {"model.attention", "model.remat"}
     # Where the work runs is not what it learns: a checkpoint restores onto any mesh and process count.
     | {f"mesh.{f.name}" for f in dataclasses.fields(MeshConfig)}
     | {f"dist.{f.name}" for f in dataclasses.fields(DistConfig)}
@@ -269,9 +275,10 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     if not 0 <= m.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
-    for key, value in (("model.dtype", m.dtype), ("model.param_dtype", m.param_dtype)):
-        if value not in DTYPES:
-            raise UserError(f"{key} must be one of {', '.join(DTYPES)}, got {value!r}")
+    for key, value, allowed in (("model.dtype", m.dtype, DTYPES), ("model.param_dtype", m.param_dtype, DTYPES),
+                                ("model.attention", m.attention, ATTENTION), ("model.remat", m.remat, REMAT)):
+        if value not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     if not 0 < d.val_fraction < 1:
         raise UserError(f"data.val_fraction must be between 0 and 1, got {d.val_fraction}")
     for key, value in (("train.beta1", t.beta1), ("train.beta2", t.beta2)):

@@ -10,6 +10,7 @@ The model knows nothing of tokenizers, files or training. Incremental decoding t
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -74,6 +75,32 @@ def _explicit_attention(q, k, v, mask, kv: str, on_probs=None):
     return jnp.einsum(f"bhts,{kv}->bthd", probs.astype(v.dtype), v)  # (B, T, H, D)
 
 
+@functools.cache
+def _cudnn_compiles(shape: tuple[int, ...], dtype: str) -> bool:
+    """Whether cuDNN's fused attention, forward and backward, compiles for q/k/v of this (B, T, H, D) shape."""
+    def loss(q):
+        return jax.nn.dot_product_attention(q, q, q, is_causal=True, implementation="cudnn").astype(jnp.float32).sum()
+
+    try:
+        jax.jit(jax.value_and_grad(loss)).lower(jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))).compile()
+    except Exception:  # unsupported GPU, cuDNN version, shape or dtype: any failure means "use XLA"
+        return False
+    return True
+
+
+def attention_implementation(setting: str, backend: str, dtype: str, shape: tuple[int, ...],
+                             probe=_cudnn_compiles) -> str:
+    """The `implementation` for jax.nn.dot_product_attention of q/k/v (B, T, H, D): "xla" or "cudnn".
+
+    "auto" takes cuDNN's fused (flash) attention on a GPU, in a 16-bit compute dtype, with a head size it
+    supports, when a trial compilation of this shape succeeds (`probe`); XLA's everywhere else.
+    """
+    if setting != "auto":
+        return setting
+    fits = backend == "gpu" and dtype in ("bfloat16", "float16") and shape[-1] % 8 == 0 and shape[-1] <= 128
+    return "cudnn" if fits and probe(shape, dtype) else "xla"
+
+
 class CausalSelfAttention(nn.Module):
     config: ModelConfig
 
@@ -103,7 +130,8 @@ class CausalSelfAttention(nn.Module):
             y = _explicit_attention(q, k, v, causal, "bshd",
                                     lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
         else:
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # (B, T, H, D)
+            how = attention_implementation(cfg.attention, jax.default_backend(), cfg.dtype, q.shape)
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=how)  # (B, T, H, D)
 
         y = y.reshape(B, T, C)  # (B, T, C): heads side by side again
         y = _dense(C, cfg, "c_proj", std=_residual_std(cfg))(y)
@@ -136,6 +164,16 @@ class Block(nn.Module):
         return x, layer_cache
 
 
+@functools.cache
+def _block_class(remat: str) -> type[Block]:
+    """Block, or Block recomputed in the backward pass: "full" keeps only its input, "dots" also keeps the
+    outputs of its matrix products without a batch dimension (the weight products) and recomputes the rest."""
+    if remat == "none":
+        return Block
+    policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if remat == "dots" else None
+    return nn.remat(Block, policy=policy, static_argnums=(2,))  # argument 2 (`deterministic`; self is 0) is static
+
+
 class GPT(nn.Module):
     """GPT-2 language model. `__call__(tokens)` -> logits (B, T, vocab_size) in float32."""
 
@@ -147,7 +185,7 @@ class GPT(nn.Module):
                      embedding_init=nn.initializers.normal(0.02))
         self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, **embed)
         self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, **embed)
-        self.h = [Block(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
+        self.h = [_block_class(cfg.remat)(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
         self.ln_f = _layer_norm(cfg, "ln_f")
         self.drop = nn.Dropout(cfg.dropout)
 

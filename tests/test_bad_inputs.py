@@ -93,6 +93,8 @@ CASES = [
          lambda e: e.train(e.base.corpus, "--mesh.rules=embed=gpu"), "mesh.rules entry 'embed=gpu' must be"),
     Case("train-processes-without-coordinator", "train",
          lambda e: e.train(e.base.corpus, "--dist.num_processes=2"), "needs dist.coordinator (host:port"),
+    Case("train-unknown-remat", "train",
+         lambda e: e.train(e.base.corpus, "--model.remat=yes"), "model.remat must be one of none, full, dots"),
     Case("train-unknown-tokenizer", "train",
          lambda e: e.train(e.base.corpus, "--data.tokenizer=bpe"), "unknown tokenizer 'bpe'"),
     Case("train-nan-weight-decay", "train",

@@ -9,10 +9,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_throughput_benchmark_runs_on_the_tiny_config():
+    # The GPU recipe's settings (16-bit compute, rematerialisation) on the tiny config; attention is XLA's off a GPU.
     res = subprocess.run([sys.executable, "benchmarks/throughput.py", "--config", "configs/tiny.py",
-                          "--repeats", "1", "--new-tokens", "8"],
+                          "--repeats", "1", "--new-tokens", "8", "--model.dtype=bfloat16", "--model.remat=dots"],
                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
+    if "cpu" in res.stdout.splitlines()[0]:
+        assert "compute bfloat16, attention xla, remat dots" in res.stdout, res.stdout
     rows = [line for line in res.stdout.splitlines() if line.startswith("| train step") or line.startswith("| generate")]
     assert len(rows) == 2 and "tokens/s" in res.stdout
 

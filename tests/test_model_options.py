@@ -1,0 +1,85 @@
+"""The model's speed options: which attention kernel runs, and rematerialisation. Neither may change results."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgpt.config import Config, validate
+from jaxgpt.errors import UserError
+from jaxgpt.model import GPT, _cudnn_compiles, attention_implementation, init_params
+
+SHAPE = (2, 128, 12, 64)  # (B, T, H, D)
+
+
+def _never(*_):
+    raise AssertionError("the cuDNN probe must not run here")
+
+
+@pytest.mark.parametrize("backend,dtype,shape,probe,want", [
+    ("gpu", "bfloat16", SHAPE, lambda *_: True, "cudnn"),
+    ("gpu", "float16", SHAPE, lambda *_: True, "cudnn"),
+    ("gpu", "bfloat16", SHAPE, lambda *_: False, "xla"),  # the trial compilation failed
+    ("gpu", "float32", SHAPE, _never, "xla"),  # cuDNN's fused attention is 16-bit only
+    ("gpu", "bfloat16", (2, 128, 10, 160), _never, "xla"),  # head size above 128
+    ("gpu", "bfloat16", (2, 128, 12, 60), _never, "xla"),  # head size not a multiple of 8
+    ("cpu", "bfloat16", SHAPE, _never, "xla"),
+    ("tpu", "bfloat16", SHAPE, _never, "xla"),
+])
+def test_auto_attention_takes_cudnn_only_where_it_can(backend, dtype, shape, probe, want):
+    assert attention_implementation("auto", backend, dtype, shape, probe) == want
+
+
+def test_xla_attention_is_never_replaced():
+    assert attention_implementation("xla", "gpu", "bfloat16", SHAPE, _never) == "xla"
+
+
+def test_cudnn_probe_says_no_off_a_gpu_even_while_tracing():
+    if jax.default_backend() == "gpu":
+        pytest.skip("on a GPU the probe may rightly succeed")
+    _cudnn_compiles.cache_clear()
+    assert _cudnn_compiles(SHAPE, "bfloat16") is False
+    # The model calls it while its own step is being traced; that must work the same way.
+    seen = []
+    jax.jit(lambda x: seen.append(_cudnn_compiles((1, 16, 2, 8), "float16")) or x)(jnp.zeros(2))
+    assert seen == [False]
+
+
+def test_attention_settings_give_identical_logits(tiny_model):
+    params = init_params(tiny_model, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, tiny_model.vocab_size)
+    out = {a: GPT(dataclasses.replace(tiny_model, attention=a)).apply({"params": params}, tokens)
+           for a in ("auto", "xla")}
+    np.testing.assert_array_equal(out["auto"], out["xla"])
+
+
+def _loss(params, cfg, tokens):
+    logits = GPT(cfg).apply({"params": params}, tokens[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1))
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_recomputes_without_changing_loss_or_gradients(tiny_model, remat):
+    cfg = dataclasses.replace(tiny_model, remat=remat)
+    params = init_params(tiny_model, jax.random.key(0))
+    assert jax.tree.structure(init_params(cfg, jax.random.key(0))) == jax.tree.structure(params)
+    tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, tiny_model.vocab_size)
+    grad = jax.jit(jax.value_and_grad(_loss), static_argnums=1)
+    (l0, g0), (l1, g1) = grad(params, tiny_model, tokens), grad(params, cfg, tokens)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g0)
+
+    def flops(c):
+        cost = grad.lower(params, c, tokens).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    assert flops(cfg) > flops(tiny_model)  # the blocks' forward pass really runs twice
+
+
+@pytest.mark.parametrize("key,value", [("attention", "cudnn"), ("attention", "flash"), ("remat", "yes")])
+def test_unknown_option_values_are_refused(key, value):
+    cfg = Config()
+    with pytest.raises(UserError, match=f"model.{key} must be one of"):
+        validate(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{key: value})))
