@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxgpt.config import Config, save_json
+from jaxgpt.config import Config, save_json, validate
 from jaxgpt.errors import UserError
 from jaxgpt.files import read_json_object
 
@@ -130,10 +130,13 @@ def read_run_config(run_dir: str | Path) -> Config | None:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return None
+    fix = "restore it or use a new train.out_dir"
     try:
-        return Config.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); restore it or use a new train.out_dir") from None
+        return validate(Config.from_dict(read_json_object(path, fix)))
+    except UserError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise UserError(f"{path} holds settings this jaxgpt cannot use ({e}); {fix}") from None
 
 
 def load_model(run_dir: str | Path, step: int | None = None, extra: dict | None = None):

@@ -271,6 +271,10 @@ def validate(cfg: Config) -> Config:
     for key, value in non_negative.items():
         if not value >= 0:
             raise UserError(f"{key} must not be negative, got {value}")
+    if m.block_size < 2:
+        raise UserError(f"model.block_size must be at least 2 (one token to read, one to predict), got {m.block_size}")
+    if not 0 <= t.seed < 2**63:
+        raise UserError(f"train.seed must be a whole number from 0 to 2**63 - 1, got {t.seed}")
     if m.n_embd % m.n_head:
         raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     if not 0 <= m.dropout < 1:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgpt.config import ModelConfig
+from jaxgpt.errors import UserError
 
 
 class KVCache(NamedTuple):
@@ -88,6 +89,13 @@ def _cudnn_compiles(shape: tuple[int, ...], dtype: str) -> bool:
     return True
 
 
+def check_compute_dtype(dtype: str, backend: str) -> None:
+    """Refuse, in one line, a compute dtype that the backend's attention cannot run."""
+    if dtype == "float16" and backend == "cpu":
+        raise UserError("model.dtype=float16 does not run on a CPU (XLA's CPU attention has no float16 kernel); "
+                        "use --model.dtype=bfloat16 or float32")
+
+
 def attention_implementation(setting: str, backend: str, dtype: str, shape: tuple[int, ...],
                              probe=_cudnn_compiles) -> str:
     """The `implementation` for jax.nn.dot_product_attention of q/k/v (B, T, H, D): "xla" or "cudnn".
@@ -130,6 +138,7 @@ class CausalSelfAttention(nn.Module):
             y = _explicit_attention(q, k, v, causal, "bshd",
                                     lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
         else:
+            check_compute_dtype(cfg.dtype, jax.default_backend())
             how = attention_implementation(cfg.attention, jax.default_backend(), cfg.dtype, q.shape)
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=how)  # (B, T, H, D)
 

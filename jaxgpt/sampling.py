@@ -48,13 +48,13 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_k: 
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps", "temperature", "top_k", "top_p", "eot_id"))
-def _segment(params, prompt, key, *, model: GPT, steps: int, temperature: float, top_k, top_p, eot_id):
-    """Prefill `prompt` (B, P) and decode `steps` tokens; returns (tokens (B, steps), n_done)."""
+def _segment(params, prompt, key, done, *, model: GPT, steps: int, temperature: float, top_k, top_p, eot_id):
+    """Prefill `prompt` (B, P) and decode `steps` tokens, rows already `done` (B,) emitting eot_id only;
+    returns (tokens (B, steps), n_done, done)."""
     B, P = prompt.shape
     cache = KVCache.init(model.config, B, P + steps)
     logits, cache = model.apply({"params": params}, prompt, cache=cache, pos=0)
     out = jnp.zeros((B, steps), jnp.int32)
-    done = jnp.zeros((B,), bool)
 
     def cond(carry):
         i, _, _, _, done, _ = carry
@@ -73,10 +73,10 @@ def _segment(params, prompt, key, *, model: GPT, steps: int, temperature: float,
 
     carry = (jnp.int32(0), logits[:, -1], cache, out, done, key)
     i, _, _, out, done, _ = jax.lax.while_loop(cond, body, carry)
-    return out, i
+    return out, i, done
 
 
-def generate(model: GPT, params, prompt_ids, max_new_tokens: int, *, key: jax.Array,
+def generate(model: GPT, params, prompt_ids, max_new_tokens: int, *, key: jax.Array | None = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              eot_id: int | None = None) -> np.ndarray:
     """Continue each prompt row by up to `max_new_tokens` tokens.
@@ -85,13 +85,17 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int, *, key: jax.Ar
         model, params: a GPT and its parameters.
         prompt_ids: (B, P) or (P,) token ids; a prompt longer than the context keeps its last block_size - 1.
         max_new_tokens: tokens to add; generation stops early once every row has produced `eot_id`.
-        key: a jax.random key (unused when temperature is 0).
+        key: a jax.random key; may be None when temperature is 0 (greedy decoding draws nothing).
         temperature, top_k, top_p: sampling settings; temperature 0 is greedy decoding.
         eot_id: the end-of-text id, or None to never stop early.
     Returns:
         (B, P + n) numpy int array of prompt and continuation; rows finished early are padded with eot_id.
     """
     check_settings(temperature, top_k, top_p)
+    if key is None:
+        if temperature > 0:
+            raise UserError("sampling at a temperature above 0 needs a key (jax.random.key(seed))")
+        key = jax.random.key(0)  # greedy decoding draws nothing
     ids = np.asarray(prompt_ids, dtype=np.int32)
     ids = ids[None] if ids.ndim == 1 else ids
     if ids.shape[1] == 0:
@@ -101,11 +105,12 @@ def generate(model: GPT, params, prompt_ids, max_new_tokens: int, *, key: jax.Ar
         warnings.warn(f"prompt of {ids.shape[1]} tokens cropped to its last {block - 1} (the context size)")
         ids = ids[:, -(block - 1):]
     pieces, context, remaining = [ids], ids, max_new_tokens
+    done = jnp.zeros((ids.shape[0],), bool)  # rows that have emitted eot_id, carried across refills
     while remaining > 0:
         steps = min(remaining, block - context.shape[1])
         key, sub = jax.random.split(key)
-        out, n = _segment(params, jnp.asarray(context), sub, model=model, steps=steps,
-                          temperature=float(temperature), top_k=top_k, top_p=top_p, eot_id=eot_id)
+        out, n, done = _segment(params, jnp.asarray(context), sub, done, model=model, steps=steps,
+                                temperature=float(temperature), top_k=top_k, top_p=top_p, eot_id=eot_id)
         out = np.asarray(out)[:, : int(n)]
         pieces.append(out)
         remaining -= out.shape[1]

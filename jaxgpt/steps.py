@@ -100,20 +100,21 @@ def _head_loss_fwd(h, wte, targets, dtype, chunk_tokens):
         hc, tc = inputs  # (n, C), (n,)
         loss, dlogits = _chunk_loss(hc, tc, wte, dt)  # (), (n, V)
         dh = jnp.einsum("nv,vc->nc", dlogits, wte.astype(dt)).astype(h.dtype)  # (n, C)
-        dwte = dwte + jnp.einsum("nv,nc->vc", dlogits, hc.astype(dt)).astype(wte.dtype)  # (V, C)
+        dwte = dwte + jnp.einsum("nv,nc->vc", dlogits, hc.astype(dt)).astype(jnp.float32)  # (V, C), summed in f32
         return dwte, (loss, dh)
 
     if hs.shape[0] == 1:  # one chunk: no loop, no accumulator
-        dwte, (loss, dh) = chunk(jnp.zeros_like(wte), (hs[0], ts[0]))
+        dwte, (loss, dh) = chunk(jnp.zeros(wte.shape, jnp.float32), (hs[0], ts[0]))
         loss, dh = loss[None], dh[None]
     else:
-        dwte, (loss, dh) = jax.lax.scan(chunk, jnp.zeros_like(wte), (hs, ts))  # dh: (k, n, C)
-    return jnp.sum(loss), (dh.transpose(1, 0, 2).reshape(h.shape), dwte)  # dh back to (N, C)
+        dwte, (loss, dh) = jax.lax.scan(chunk, jnp.zeros(wte.shape, jnp.float32), (hs, ts))  # dh: (k, n, C)
+    return jnp.sum(loss), (dh.transpose(1, 0, 2).reshape(h.shape), dwte.astype(wte.dtype))  # dh back to (N, C)
 
 
 def _head_loss_bwd(dtype, chunk_tokens, res, g):
     dh, dwte = res
-    return g * dh, g * dwte, None  # targets are integers: no cotangent
+    # The loss (and so g) is float32; the cotangents take their primals' dtypes (16-bit weights included).
+    return (g * dh).astype(dh.dtype), (g * dwte).astype(dwte.dtype), None  # targets are integers: no cotangent
 
 
 head_loss.defvjp(_head_loss_fwd, _head_loss_bwd)

@@ -21,7 +21,7 @@ import numpy as np
 from jaxgpt import checkpoint, config as config_lib, data, distributed, sharding
 from jaxgpt.config import Config
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, count_params, init_params
+from jaxgpt.model import GPT, check_compute_dtype, count_params, init_params
 from jaxgpt.optim import make_optimizer
 from jaxgpt.progress import Progress, flops_per_token, format_count, peak_flops
 from jaxgpt.run_files import RunFiles
@@ -102,7 +102,10 @@ class Trainer:
         self.mesh = sharding.make_mesh(cfg.mesh, devices)  # an impossible mesh is refused before any work
         self.micro_batch = tc.batch_size // tc.grad_accum
         sharding.check_batch(self.mesh, self.micro_batch)
+        check_compute_dtype(cfg.model.dtype, jax.default_backend())
         self.run_dir = Path(tc.out_dir)
+        if self.run_dir.is_symlink() and not self.run_dir.exists():
+            raise UserError(f"train.out_dir {self.run_dir} is a broken symbolic link; fix it or choose another folder")
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise UserError(f"train.out_dir {self.run_dir} exists and is not a directory")
         self.primary = distributed.is_primary()
@@ -114,10 +117,13 @@ class Trainer:
             distributed.barrier("jaxgpt:prepare")
         self.tokenizer = tokenizer_from_meta(self.data.tokenizer_meta)
         try:  # found now, not when the first sample is drawn after training
-            self.tokenizer.encode(tc.sample_prompt)
+            prompt_ids = self.tokenizer.encode(tc.sample_prompt)
         except UserError as e:
             raise UserError(f"train.sample_prompt cannot be encoded ({e}); set --train.sample_prompt= to text "
                             "made of the corpus's characters") from None
+        if not prompt_ids and self.tokenizer.eot_id is None:  # else an empty prompt starts from end-of-text
+            raise UserError(f"train.sample_prompt {tc.sample_prompt!r} encodes to no tokens with the "
+                            f"{cfg.data.tokenizer} tokenizer; set --train.sample_prompt= to some text of the corpus")
         if tc.init_from:  # the pretrained model fixes the shape; dropout, dtypes and context stay ours
             cfg = _adopt_pretrained(cfg, self.data.tokenizer_meta, self.tokenizer.vocab_size)
         else:  # the vocabulary belongs to the data: the output layer is sized from the tokenizer
@@ -194,6 +200,8 @@ class Trainer:
     def sample(self, params, seed: int, prompt: str | None = None, tokens: int | None = None) -> str:
         tc = self.cfg.train
         ids = self.tokenizer.encode(tc.sample_prompt if prompt is None else prompt)
+        if not ids and self.tokenizer.eot_id is not None:  # nothing to continue: start a new document
+            ids = [self.tokenizer.eot_id]
         out = generate(self.model, params, ids, tokens or tc.sample_tokens, key=jax.random.key(seed),
                        temperature=0.8, top_k=40, eot_id=self.tokenizer.eot_id)
         return self.tokenizer.decode(out[0].tolist())

@@ -104,6 +104,13 @@ def _truncate_largest_checkpoint_file(run: Path) -> None:
         path.write_bytes(data[: len(data) // 2])
 
 
+def _dangling_link(env: Env, name: str) -> Path:
+    """A symbolic link under tmp_path that points nowhere."""
+    link = env.tmp / name
+    link.symlink_to(env.tmp / f"{name}-target-that-does-not-exist")
+    return link
+
+
 def _symlink_loop(env: Env) -> Path:
     folder = env.tmp / "loop"
     (folder / "sub").mkdir(parents=True)

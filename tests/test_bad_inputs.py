@@ -18,7 +18,8 @@ import shutil
 
 import pytest
 from bad_input_support import base  # noqa: F401  (the module's shared run and model: a fixture)
-from bad_input_support import Case, Env, _fingerprint, _symlink_loop, _truncate_largest_checkpoint_file
+from bad_input_support import (Case, Env, _dangling_link, _fingerprint, _symlink_loop,
+                               _truncate_largest_checkpoint_file)
 from conftest import write_corpus
 
 from jaxgpt.cli import main, main_train
@@ -93,6 +94,12 @@ CASES = [
          lambda e: e.train(e.base.corpus, "--mesh.rules=embed=gpu"), "mesh.rules entry 'embed=gpu' must be"),
     Case("train-processes-without-coordinator", "train",
          lambda e: e.train(e.base.corpus, "--dist.num_processes=2"), "needs dist.coordinator (host:port"),
+    Case("train-block-size-one", "train",
+         lambda e: e.train(e.base.corpus, "--model.block_size=1"), "model.block_size must be at least 2"),
+    Case("train-negative-seed", "train",
+         lambda e: e.train(e.base.corpus, "--train.seed=-1"), "train.seed must be a whole number from 0"),
+    Case("train-out-dir-broken-symlink", "train",
+         lambda e: (_dangling_link(e, "run"), e.train(e.base.corpus))[1], "is a broken symbolic link"),
     Case("train-unknown-remat", "train",
          lambda e: e.train(e.base.corpus, "--model.remat=yes"), "model.remat must be one of none, full, dots"),
     Case("train-unknown-tokenizer", "train",
@@ -152,10 +159,20 @@ CASES = [
          lambda e: ["sample", str(e.base.run), "--temperature", "nan"], "temperature must be >= 0"),
     Case("sample-damaged-config-json", "jaxgpt",
          lambda e: (e.run_copy(), e.file("run/config.json", "{"), ["sample", str(e.tmp / "run")])[2],
-         "config.json is not valid JSON"),
+         "config.json is damaged or unreadable"),
     Case("sample-damaged-tokenizer-json", "jaxgpt",
          lambda e: (e.run_copy(), e.file("run/tokenizer.json", '{"kind": "ch'), ["sample", str(e.tmp / "run")])[2],
          "tokenizer.json is damaged"),
+    Case("sample-config-json-not-an-object", "jaxgpt",
+         lambda e: (e.run_copy(), e.file("run/config.json", "[]"), ["sample", str(e.tmp / "run")])[2],
+         "config.json is damaged (not a JSON object)"),
+    Case("sample-config-json-wrong-type", "jaxgpt",
+         lambda e: (e.run_copy(), e.file("run/config.json", '{"model": {"n_layer": "x"}}'),
+                    ["sample", str(e.tmp / "run")])[2], "holds settings this jaxgpt cannot use"),
+    Case("sample-prompt-broken-escape", "jaxgpt",
+         lambda e: ["sample", str(e.base.run), "--prompt", "ab\\"], "--prompt has a broken escape sequence"),
+    Case("sample-seed-too-big", "jaxgpt",
+         lambda e: ["sample", str(e.base.run), "--seed", str(2**70)], "--seed must be a whole number from 0"),
     Case("sample-empty-prompt", "jaxgpt",
          lambda e: ["sample", str(e.base.run), "--prompt", ""], "the prompt encodes to no tokens"),
 
@@ -165,6 +182,11 @@ CASES = [
     Case("convert-existing-destination", "jaxgpt",
          lambda e: ["convert", str(e.base.bpe), str(e.file("out/keep.txt", "mine").parent)],
          "already exists; choose a new destination or pass --overwrite"),
+    Case("convert-over-a-training-run", "jaxgpt",
+         lambda e: ["convert", str(e.base.bpe), str(e.run_copy()), "--overwrite"], "is not an earlier jaxgpt output"),
+    Case("convert-to-a-symlink", "jaxgpt",
+         lambda e: ["convert", str(e.base.bpe), str(_dangling_link(e, "out")), "--overwrite"],
+         "is a symbolic link; give the folder itself"),
     Case("convert-unknown-format", "jaxgpt",
          lambda e: ["convert", str(e.base.bpe), str(e.tmp / "out"), "--to", "onnx"],
          "argument --to: invalid choice: 'onnx'"),

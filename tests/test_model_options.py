@@ -9,7 +9,7 @@ import pytest
 
 from jaxgpt.config import Config, validate
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, _cudnn_compiles, attention_implementation, init_params
+from jaxgpt.model import GPT, _cudnn_compiles, attention_implementation, check_compute_dtype, init_params
 
 SHAPE = (2, 128, 12, 64)  # (B, T, H, D)
 
@@ -83,3 +83,14 @@ def test_unknown_option_values_are_refused(key, value):
     cfg = Config()
     with pytest.raises(UserError, match=f"model.{key} must be one of"):
         validate(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{key: value})))
+
+
+def test_float16_compute_is_refused_on_a_cpu_in_one_line(tiny_model):
+    with pytest.raises(UserError, match="float16 does not run on a CPU"):
+        check_compute_dtype("float16", "cpu")
+    check_compute_dtype("float16", "gpu")  # GPUs have float16 attention
+    check_compute_dtype("bfloat16", "cpu")
+    if jax.default_backend() == "cpu":  # the model itself says so too, for models read from a checkpoint
+        cfg = dataclasses.replace(tiny_model, dtype="float16")
+        with pytest.raises(UserError, match="float16 does not run on a CPU"):
+            GPT(cfg).apply({"params": init_params(tiny_model, jax.random.key(0))}, jnp.zeros((1, 4), jnp.int32))

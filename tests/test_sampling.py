@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +49,28 @@ def test_generation_stops_at_end_of_text(tiny_model):
     first = int(generate(model, params, [7], 1, key=jax.random.key(0), temperature=0)[0, -1])
     out = generate(model, params, [[7], [7]], 10, key=jax.random.key(0), temperature=0, eot_id=first)
     assert out.shape == (2, 2) and (out[:, 1] == first).all()
+
+
+def test_finished_rows_stay_finished_across_a_context_refill(tiny_model):
+    """Row 0 ends early; row 1 never ends and runs past the position table, so the context is refilled. Row 0
+    must stay finished, although greedy decoding from its refilled context (all eot) would go on."""
+    cfg = dataclasses.replace(tiny_model, block_size=8, vocab_size=23)
+    model = GPT(cfg)
+    params = jax.tree.map(lambda a: 10 * a, init_params(cfg, jax.random.key(1)))  # sharp, varied predictions
+    prompts, eot = [[0, 2, 3], [1, 5, 6]], 17
+    greedy = generate(model, params, prompts, 12, temperature=0)  # no key needed for greedy decoding
+    assert eot in greedy[0, 3:6].tolist() and eot not in greedy[1, 3:].tolist(), greedy  # the setting tested
+    assert eot not in generate(model, params, [[eot] * 4], 1, temperature=0)[0, -1:].tolist()  # would go on
+    out = generate(model, params, prompts, 12, temperature=0, eot_id=eot)
+    first = greedy[0, 3:].tolist().index(eot) + 3
+    assert out.shape == (2, 15) and (out[0, first:] == eot).all(), out[0]
+    np.testing.assert_array_equal(out[1], greedy[1])
+
+
+def test_sampling_above_temperature_zero_needs_a_key(tiny_model):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    with pytest.raises(UserError, match="needs a key"):
+        generate(model, params, [1], 2, temperature=1.0)
 
 
 def test_long_generation_and_prompt_cropping(tiny_model):

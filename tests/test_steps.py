@@ -125,3 +125,25 @@ def test_a_non_finite_update_leaves_the_state_as_it_was(tiny_model):
     assert int(new.skipped) == 1 and int(new.first_skipped) == 1 and int(new.step) == 1
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((new.params, new.opt_state))):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16"] + ["float16"] * (jax.default_backend() != "cpu"))  # no f16 on CPU
+def test_sixteen_bit_weights_train_and_get_gradients_of_their_own_dtype(tiny_model, dtype):
+    """The fused loss's gradients take the weights' dtype, so the head's and the lookup's wte gradients add up."""
+    cfg = dataclasses.replace(tiny_model, dtype=dtype, param_dtype=dtype)
+    model, params = GPT(cfg), init_params(cfg, jax.random.key(0))
+    x = jax.random.randint(jax.random.key(1), (2, 16), 0, cfg.vocab_size)
+    grads = jax.grad(steps.loss_fn)(params, model, x, jnp.roll(x, -1, axis=1))
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(dtype)}
+    want = jax.grad(_plain_loss)(jax.tree.map(lambda a: a.astype(jnp.float32), params),
+                                 dataclasses.replace(model, config=dataclasses.replace(cfg, dtype="float32",
+                                                                                       param_dtype="float32")),
+                                 x, jnp.roll(x, -1, axis=1))
+    np.testing.assert_allclose(np.asarray(grads["wte"]["embedding"], np.float32), want["wte"]["embedding"],
+                               atol=2e-3)  # 16-bit rounding of a float32 reference
+    state, step, batch = _setup(cfg, TrainConfig(learning_rate=1e-2, warmup_steps=0, min_lr=1e-2), (1, 4, 16))
+    losses = []
+    for _ in range(10):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
