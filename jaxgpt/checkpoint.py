@@ -8,7 +8,10 @@ validation loss. Saves are asynchronous; `wait()` before exiting.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +63,8 @@ class Checkpointer:
         step = self.manager.latest_step() if step is None else step
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         try:
-            restored = self.manager.restore(step, args=args)
+            with _quiet_after_failure():
+                restored = self.manager.restore(step, args=args)
         except Exception:  # Orbax and TensorStore raise many types for damaged or mismatched files
             raise _damaged(step, Path(self.manager.directory)) from None
         return restored.state, restored.meta
@@ -118,6 +122,30 @@ def read_tokenizer_meta(run_dir: str | Path) -> dict | None:
     return read_json_object(path, "restore it from a copy or use a new directory")
 
 
+@contextlib.contextmanager
+def _quiet_after_failure():
+    """Drop the 'Event loop is closed' reports that follow a failed restore, and only those.
+
+    Orbax reads a checkpoint on an asyncio loop that it closes as soon as one read fails; TensorStore's other
+    reads then complete into the closed loop, and Python reports each one from a background thread as an
+    unraisable error, a traceback printed after the one-line message. They arrive within milliseconds.
+    """
+    saved = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            saved(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    except BaseException:
+        time.sleep(0.5)  # the other reads finish, and report into `hook`, meanwhile
+        raise
+    finally:
+        sys.unraisablehook = saved
+
+
 def _damaged(step: int, folder: Path, steps: list[int] | None = None) -> UserError:
     """`steps`: the run's checkpoints, offered as --step choices (when reading for sampling)."""
     others = [s for s in steps or [] if s != step]
@@ -172,7 +200,8 @@ def load_model(run_dir: str | Path, step: int | None = None, extra: dict | None 
         partial_restore=True,
     ))
     try:
-        restored = manager.restore(step, args=args)
+        with _quiet_after_failure():
+            restored = manager.restore(step, args=args)
     except Exception:  # Orbax and TensorStore raise many types for damaged files
         raise _damaged(step, run_dir / CHECKPOINT_DIR, list(manager.all_steps())) from None
     params = restored.state["params"]
