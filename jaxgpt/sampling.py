@@ -33,7 +33,10 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_k: 
     """Pick one token per row of logits (B, V): greedy at temperature 0, else filtered sampling."""
     if temperature == 0:
         return jnp.argmax(logits, axis=-1)
-    logits = logits / temperature
+    # Shifted so the best logit is 0 before scaling, and the temperature kept a float32 number above 0: a tiny
+    # temperature then sends the others to -inf (greedy in the limit) instead of overflowing to inf or NaN.
+    temperature = max(temperature, float(jnp.finfo(jnp.float32).tiny))
+    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1) smallest kept logit
         logits = jnp.where(logits < kth, -jnp.inf, logits)

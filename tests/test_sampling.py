@@ -34,6 +34,16 @@ def test_top_k_one_and_tiny_top_p_are_greedy(tiny_model):
     np.testing.assert_array_equal(greedy, p0)
 
 
+def test_a_tiny_temperature_is_greedy(tiny_model):
+    model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
+    greedy = generate(model, params, [5, 6], 10, temperature=0)
+    for t in (1e-30, 1e-300):  # 1e-300 is 0 in float32: must not overflow the logits
+        np.testing.assert_array_equal(generate(model, params, [5, 6], 10, key=jax.random.key(3), temperature=t), greedy)
+    logits = jnp.array([[0.1, 0.5, 0.3], [2.0, -1.0, 1.0]])
+    for seed in range(5):  # every draw is the best token, with no NaN on the way
+        np.testing.assert_array_equal(sample_logits(logits, jax.random.key(seed), 1e-300, None, None), [1, 0])
+
+
 def test_sampling_respects_top_k_and_seed():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
     draws = np.asarray(sample_logits(logits, jax.random.key(0), 1.0, 2, None))
