@@ -159,11 +159,10 @@ def read_run_config(run_dir: str | Path) -> Config | None:
     if not path.is_file():
         return None
     fix = "restore it or use a new train.out_dir"
+    d = read_json_object(path, fix)
     try:
-        return validate(Config.from_dict(read_json_object(path, fix)))
+        return validate(Config.from_dict(d))
     except UserError as e:
-        if str(e).startswith(str(path)):
-            raise
         raise UserError(f"{path} holds settings this jaxgpt cannot use ({e}); {fix}") from None
 
 

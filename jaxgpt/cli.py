@@ -86,8 +86,9 @@ def _sample(args: argparse.Namespace) -> int:
         prompt = args.prompt.encode("latin-1", "backslashreplace").decode("unicode_escape")
     except UnicodeDecodeError as e:
         raise UserError(f"--prompt has a broken escape sequence ({e.reason}); write a backslash as \\\\") from None
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
+    from jaxgpt.config import check_seed
+
+    check_seed("--seed", args.seed)
     unknown = unknown_characters(tokenizer, [prompt])
     if unknown:
         raise UserError(f"the prompt has characters this model does not know: {describe_characters(unknown)}; "

@@ -24,6 +24,7 @@ from jaxgpt.errors import UserError
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("auto", "xla")
 REMAT = ("none", "full", "dots")
+SEED_LIMIT = 2**63  # seeds are 0 .. SEED_LIMIT - 1: what jax.random.key and numpy's generators both take
 
 
 @dataclass(frozen=True)
@@ -273,8 +274,7 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"{key} must not be negative, got {value}")
     if m.block_size < 2:
         raise UserError(f"model.block_size must be at least 2 (one token to read, one to predict), got {m.block_size}")
-    if not 0 <= t.seed < 2**63:
-        raise UserError(f"train.seed must be a whole number from 0 to 2**63 - 1, got {t.seed}")
+    check_seed("train.seed", t.seed)
     if m.n_embd % m.n_head:
         raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
     if not 0 <= m.dropout < 1:
@@ -292,6 +292,11 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum})")
     _validate_mesh(cfg.mesh, cfg.dist)
     return cfg
+
+
+def check_seed(name: str, seed: int) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{name} must be a whole number from 0 to 2**63 - 1, got {seed}")
 
 
 def parse_rules(text: str) -> dict[str, str | None]:

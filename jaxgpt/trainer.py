@@ -116,14 +116,7 @@ class Trainer:
         if self.primary:
             distributed.barrier("jaxgpt:prepare")
         self.tokenizer = tokenizer_from_meta(self.data.tokenizer_meta)
-        try:  # found now, not when the first sample is drawn after training
-            prompt_ids = self.tokenizer.encode(tc.sample_prompt)
-        except UserError as e:
-            raise UserError(f"train.sample_prompt cannot be encoded ({e}); set --train.sample_prompt= to text "
-                            "made of the corpus's characters") from None
-        if not prompt_ids and self.tokenizer.eot_id is None:  # else an empty prompt starts from end-of-text
-            raise UserError(f"train.sample_prompt {tc.sample_prompt!r} encodes to no tokens with the "
-                            f"{cfg.data.tokenizer} tokenizer; set --train.sample_prompt= to some text of the corpus")
+        self._prompt_ids(tc.sample_prompt)  # a prompt that cannot be used is found now, not after training
         if tc.init_from:  # the pretrained model fixes the shape; dropout, dtypes and context stay ours
             cfg = _adopt_pretrained(cfg, self.data.tokenizer_meta, self.tokenizer.vocab_size)
         else:  # the vocabulary belongs to the data: the output layer is sized from the tokenizer
@@ -197,11 +190,21 @@ class Trainer:
         out["val_perplexity"] = float(np.exp(out["val_loss"]))
         return out
 
+    def _prompt_ids(self, text: str) -> list[int]:
+        """The prompt's token ids; one that encodes to nothing starts a new document (end-of-text) if it can."""
+        try:
+            ids = self.tokenizer.encode(text)
+        except UserError as e:
+            raise UserError(f"train.sample_prompt cannot be encoded ({e}); set --train.sample_prompt= to text "
+                            "made of the corpus's characters") from None
+        if ids or self.tokenizer.eot_id is not None:
+            return ids or [self.tokenizer.eot_id]
+        raise UserError(f"train.sample_prompt {text!r} encodes to no tokens with the {self.tokenizer.name} "
+                        "tokenizer; set --train.sample_prompt= to some text of the corpus")
+
     def sample(self, params, seed: int, prompt: str | None = None, tokens: int | None = None) -> str:
         tc = self.cfg.train
-        ids = self.tokenizer.encode(tc.sample_prompt if prompt is None else prompt)
-        if not ids and self.tokenizer.eot_id is not None:  # nothing to continue: start a new document
-            ids = [self.tokenizer.eot_id]
+        ids = self._prompt_ids(tc.sample_prompt if prompt is None else prompt)
         out = generate(self.model, params, ids, tokens or tc.sample_tokens, key=jax.random.key(seed),
                        temperature=0.8, top_k=40, eot_id=self.tokenizer.eot_id)
         return self.tokenizer.decode(out[0].tolist())

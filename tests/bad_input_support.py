@@ -36,7 +36,7 @@ class Base:
     bpe: Path  # a jaxgpt model directory with GPT-2's vocabulary (1 layer, width 32, context 64)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def base(tmp_path_factory) -> Base:
     root = tmp_path_factory.mktemp("base")
     from jaxgpt.trainer import train
@@ -147,3 +147,26 @@ def _fingerprint(root: Path) -> dict[str, str]:
     return out
 
 
+
+
+def check_case(case: Case, base: Base, tmp_path: Path, capfd) -> None:
+    """Run one case in-process and check what the user sees and that nothing on disk changed."""
+    from jaxgpt.cli import main, main_train
+
+    env = Env(tmp_path, base)
+    argv = case.args(env)
+    before, base_before = _fingerprint(tmp_path), _fingerprint(base.root)
+    capfd.readouterr()  # only what the command itself prints is judged
+    code = (main_train if case.command == "train" else main)(argv)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err, err
+    assert code == 2, f"exit status {code}; stderr: {err}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert case.fragment in lines[0], lines[0]
+    after = _fingerprint(tmp_path)
+    changed = sorted(p for p, h in before.items() if after.get(p) != h)
+    assert not changed, f"changed or removed: {changed}"
+    new = sorted(p for p in set(after) - set(before) if p.split("/")[0] not in case.new_ok)
+    assert not new, f"new paths: {new}"
+    assert _fingerprint(base.root) == base_before, "the shared run or model was changed"

@@ -53,3 +53,8 @@ def fixtures_dir():
     from pathlib import Path
 
     return Path(__file__).parent / "fixtures"
+
+
+# The bad-input tables' shared run and model (built once per session); imported last, because
+# bad_input_support reads TINY_MODEL and write_corpus from this module.
+from bad_input_support import base  # noqa: E402, F401

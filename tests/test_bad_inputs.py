@@ -7,22 +7,18 @@ every path that existed before still there and unchanged (the shared inputs of t
 paths are refused too, except where a case says so (the tokenized data cache, which `train` fills
 before it can compare the data with a run). The harness is in bad_input_support.py.
 
-The trained run and the GPT-2-vocabulary model are built once per module, outside tmp_path, and are only
-read; a case that damages a run works on a copy.
+The trained run and the GPT-2-vocabulary model are built once per session (the `base` fixture, shared
+through conftest.py), outside tmp_path, and are only read; a case that damages a run works on a copy.
+This module holds the cases of train, prepare and sample; test_bad_inputs_tools.py those of the other
+commands.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 
 import pytest
-from bad_input_support import base  # noqa: F401  (the module's shared run and model: a fixture)
-from bad_input_support import (Case, Env, _dangling_link, _fingerprint, _symlink_loop,
-                               _truncate_largest_checkpoint_file)
+from bad_input_support import Case, Env, _dangling_link, _symlink_loop, _truncate_largest_checkpoint_file, check_case
 from conftest import write_corpus
-
-from jaxgpt.cli import main, main_train
 
 CASES = [
     # --- train (python train.py) -----------------------------------------------------------------------
@@ -150,7 +146,8 @@ CASES = [
          lambda e: ["sample", str(e.base.run), "--prompt", "@#%", "--num-tokens", "3"],
          "the prompt has characters this model does not know: '#', '%', '@'"),
     Case("sample-zero-tokens", "jaxgpt",
-         lambda e: ["sample", str(e.base.run), "--num-tokens", "0"], "--num-tokens and --num-samples must be at least 1"),
+         lambda e: ["sample", str(e.base.run), "--num-tokens", "0"],
+         "--num-tokens and --num-samples must be at least 1"),
     Case("sample-not-a-number", "jaxgpt",
          lambda e: ["sample", str(e.base.run), "--num-tokens", "many"], "argument --num-tokens: invalid int value"),
     Case("sample-missing-step", "jaxgpt",
@@ -176,109 +173,22 @@ CASES = [
     Case("sample-empty-prompt", "jaxgpt",
          lambda e: ["sample", str(e.base.run), "--prompt", ""], "the prompt encodes to no tokens"),
 
-    # --- convert ---------------------------------------------------------------------------------------
-    Case("convert-missing-source", "jaxgpt",
-         lambda e: ["convert", str(e.tmp / "gpt2"), str(e.tmp / "out")], "gpt2 does not exist"),
-    Case("convert-existing-destination", "jaxgpt",
-         lambda e: ["convert", str(e.base.bpe), str(e.file("out/keep.txt", "mine").parent)],
-         "already exists; choose a new destination or pass --overwrite"),
-    Case("convert-over-a-training-run", "jaxgpt",
-         lambda e: ["convert", str(e.base.bpe), str(e.run_copy()), "--overwrite"], "is not an earlier jaxgpt output"),
-    Case("convert-to-a-symlink", "jaxgpt",
-         lambda e: ["convert", str(e.base.bpe), str(_dangling_link(e, "out")), "--overwrite"],
-         "is a symbolic link; give the folder itself"),
-    Case("convert-unknown-format", "jaxgpt",
-         lambda e: ["convert", str(e.base.bpe), str(e.tmp / "out"), "--to", "onnx"],
-         "argument --to: invalid choice: 'onnx'"),
-
-    # --- finetune classify -----------------------------------------------------------------------------
-    Case("finetune-classify-csv-without-the-columns", "jaxgpt",
-         lambda e: e.finetune("classify", "--data", str(e.file("d.csv", "id,kind,body\n1,spam,win\n2,ham,hi\n"))),
-         "has no columns 'label' and 'text'"),
-    Case("finetune-classify-one-class", "jaxgpt",
-         lambda e: e.finetune("classify", "--data",
-                              str(e.file("d.csv", "label,text\n" + "".join(f"ham,hello {i}\n" for i in range(20))))),
-         "only one class ('ham')"),
-    Case("finetune-classify-empty-text", "jaxgpt",
-         lambda e: e.finetune("classify", "--data", str(e.file("d.csv", "label,text\nspam,win now\nham,\n"))),
-         "line 3 has an empty text"),
-    Case("finetune-classify-text-outside-char-vocabulary", "jaxgpt",
-         lambda e: e.finetune("classify", "--data", str(e.file("d.csv", "label,text\n" + "".join(
-             f"{'a' if i % 2 else 'b'},Zebra {i}\n" for i in range(20)))), model=e.base.run),
-         "characters that the model in"),
-    Case("finetune-classify-no-examples", "jaxgpt",
-         lambda e: e.finetune("classify", "--per-class", "0"), "--per-class must be positive"),
-    Case("finetune-classify-epochs-not-a-number", "jaxgpt",
-         lambda e: e.finetune("classify", "--epochs", "two"),
-         "argument --epochs: invalid int value: 'two'"),
-
-    # --- finetune instruct -----------------------------------------------------------------------------
-    Case("finetune-instruct-json-object-not-list", "jaxgpt",
-         lambda e: e.finetune("instruct", "--data", str(e.file("d.json", json.dumps(
-             {"examples": [{"instruction": "a", "output": "b"}]}, indent=2)))),
-         "holds one JSON object, not a list of examples"),
-    Case("finetune-instruct-list-of-strings", "jaxgpt",
-         lambda e: e.finetune("instruct", "--data", str(e.file("d.json", '["say hi", "say bye"]'))),
-         "example 0 is not an object"),
-    Case("finetune-instruct-lacking-output", "jaxgpt",
-         lambda e: e.finetune("instruct", "--data", str(e.file("d.jsonl", '{"instruction": "a", "output": "b"}\n'
-                                                                '{"instruction": "c", "response": "d"}\n'))),
-         "example 1 lacks a text field 'output'"),
-    Case("finetune-instruct-zero-new-tokens", "jaxgpt",
-         lambda e: e.finetune("instruct", "--max-new-tokens", "0"), "--max-new-tokens must be at least 1"),
-    Case("finetune-instruct-char-model", "jaxgpt",
-         lambda e: e.finetune("instruct", "--n-tasks", "40", model=e.base.run), "which has no <|endoftext|>"),
-
-    # --- classify --------------------------------------------------------------------------------------
-    Case("classify-ckpt-not-a-classifier", "jaxgpt",
-         lambda e: ["classify", "--ckpt", str(e.base.run), "some text"], "is not a classifier (no classifier.json)"),
-    Case("classify-ckpt-missing", "jaxgpt",
-         lambda e: ["classify", "--ckpt", str(e.tmp / "nope"), "some text"], "nope does not exist or is not a folder"),
-    Case("classify-ckpt-without-config", "jaxgpt",
-         lambda e: ["classify", "--ckpt", str(e.file("clf/classifier.json", '{"labels": ["a", "b"], "max_length": 8}')
-                                             .parent), "some text"], "has classifier.json but no config.json"),
-    Case("classify-damaged-classifier-json", "jaxgpt",
-         lambda e: (shutil.copytree(e.base.bpe, e.tmp / "clf"), e.file("clf/classifier.json", "{labels"),
-                    ["classify", "--ckpt", str(e.tmp / "clf"), "some text"])[2],
-         "classifier.json is damaged"),
-
-    # --- chat ------------------------------------------------------------------------------------------
-    Case("chat-char-model", "jaxgpt",
-         lambda e: ["chat", str(e.base.run), "Say hi."], "has no tokenizer with <|endoftext|>"),
-    Case("chat-zero-new-tokens", "jaxgpt",
-         lambda e: ["chat", str(e.base.bpe), "Say hi.", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-    Case("chat-missing-model", "jaxgpt",
-         lambda e: ["chat", str(e.tmp / "nope"), "Say hi."], "is not a directory"),
 ]
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_bad_input(case: Case, base, tmp_path, capfd):  # noqa: F811 (base is the fixture)
-    env = Env(tmp_path, base)
-    argv = case.args(env)
-    before, base_before = _fingerprint(tmp_path), _fingerprint(base.root)
-    capfd.readouterr()  # only what the command itself prints is judged
-    code = (main_train if case.command == "train" else main)(argv)
-    out, err = capfd.readouterr()
-    assert "Traceback" not in out + err, err
-    assert code == 2, f"exit status {code}; stderr: {err}"
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert case.fragment in lines[0], lines[0]
-    after = _fingerprint(tmp_path)
-    changed = sorted(p for p, h in before.items() if after.get(p) != h)
-    assert not changed, f"changed or removed: {changed}"
-    new = sorted(p for p in set(after) - set(before) if p.split("/")[0] not in case.new_ok)
-    assert not new, f"new paths: {new}"
-    assert _fingerprint(base.root) == base_before, "the shared run or model was changed"
+def test_bad_input(case: Case, base, tmp_path, capfd):
+    check_case(case, base, tmp_path, capfd)
 
 
 def test_the_table_covers_every_command():
+    from test_bad_inputs_tools import CASES as TOOL_CASES
+
     commands = {c.id.split("-")[0] if c.id.split("-")[0] != "finetune" else "-".join(c.id.split("-")[:2])
-                for c in CASES}
+                for c in CASES + TOOL_CASES}
     assert commands == {"train", "prepare", "sample", "convert", "finetune-classify", "finetune-instruct",
                         "classify", "chat"}
-    assert len(CASES) >= 30
+    assert len(CASES + TOOL_CASES) >= 30
 
 
 def test_a_symlink_loop_beside_text_is_read_once(tmp_path):
