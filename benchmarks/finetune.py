@@ -1,11 +1,12 @@
-"""Both default finetunes end to end on a CPU, from a small GPT-2-BPE model pretrained on the default corpus.
+"""The default finetunes end to end on a CPU, from a small GPT-2-BPE model pretrained on the default corpus.
 
     python benchmarks/finetune.py                       # pretrains the base model first (minutes)
     python benchmarks/finetune.py --base out/shakespeare_gpt2bpe --epochs 3
 
-Prints the classification test accuracy against the majority class, and the instruction test
-exact-match and token F1 against the same model before finetuning, per task kind too. Full finetuning
-and LoRA are both run. Everything goes under --out (replaced on each run).
+Prints the classification test accuracy against the majority class, the instruction test exact-match and
+token F1 against the same model before finetuning, per task kind too (full finetuning and LoRA each), and
+DPO on top of the fully finetuned instruction model: exact match before and after, and the test reward
+accuracy. Everything goes under --out (replaced on each run).
 """
 
 import argparse
@@ -17,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxgpt.config import apply_overrides, load_config_file  # noqa: E402
-from jaxgpt.finetune import classify, instruct, tasks  # noqa: E402
+from jaxgpt.finetune import classify, dpo, instruct, tasks  # noqa: E402
 from jaxgpt.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,8 @@ def main() -> None:
     out = Path(args.out)
     base = Path(args.base) if args.base else pretrain(out, args.pretrain_steps)
     rows = []
-    common = dict(init_from=str(base), overwrite=True, **({"epochs": args.epochs} if args.epochs else {}))
+    common = dict(init_from=str(base), overwrite=True, progress=False,
+                  **({"epochs": args.epochs} if args.epochs else {}))
     if args.quick:
         common.update(epochs=1)
     for trainable in ("all", "lora"):
@@ -69,12 +71,20 @@ def main() -> None:
                     f"token F1 {r['test']['token_f1']:.3f} | "
                     + (f"before finetuning {r['base_test']['exact_match']:.3f}, F1 {r['base_test']['token_f1']:.3f}"
                        if r["base_test"] else "") + f" | {time.perf_counter() - t0:.0f} s |")
-        responses = json.loads(Path(r["responses"]).read_text())
+        responses = json.loads((out / f"instruct_{trainable}" / instruct.RESPONSES_FILE).read_text())
         by_kind: dict[str, list[bool]] = {}
         for e in responses:
             by_kind.setdefault(tasks.kind_of(e) or "?", []).append(tasks.exact_match(e["model_response"], e["output"]))
         print(f"exact match by kind ({trainable}): "
               + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(by_kind.items())))
+    t0 = time.perf_counter()
+    extra = dict(n_pairs=60, max_new_tokens=8) if args.quick else {}
+    r = dpo.finetune(dpo.DPOConfig(**{**common, "init_from": str(out / "instruct_all")},
+                                   out_dir=str(out / "dpo"), **extra))
+    em = r["exact_match"]
+    rows.append(f"| dpo on the instruct model (generated pairs), all | exact match {em['after']['exact_match']:.3f}, "
+                f"test reward accuracy {r['test']['reward_accuracy']:.3f} | before DPO "
+                f"{em['before']['exact_match']:.3f} | {time.perf_counter() - t0:.0f} s |")
     print("\n| finetune | result | baseline | time |\n|---|---|---|---|")
     print("\n".join(rows))
 

@@ -28,7 +28,8 @@ from jaxgpt import convert  # noqa: E402
 from jaxgpt.config import ModelConfig  # noqa: E402
 from jaxgpt.model import GPT  # noqa: E402
 from jaxgpt.sampling import generate  # noqa: E402
-from jaxgpt.steps import loss_fn  # noqa: E402
+from jaxgpt.loader import load_pretrained  # noqa: E402
+from jaxgpt.loss import mean_loss  # noqa: E402
 
 
 def random_model(preset: str, seed: int) -> GPT2LMHeadModel:
@@ -62,7 +63,7 @@ def main() -> None:
             model = random_model(args.preset, args.seed)
             model.save_pretrained(path)
         t0 = time.perf_counter()
-        cfg, params = convert.load_pretrained(path)
+        cfg, params = load_pretrained(path)
         jax.block_until_ready(params)
         load_s = time.perf_counter() - t0
 
@@ -70,7 +71,7 @@ def main() -> None:
         tokens = rng.integers(0, cfg.vocab_size, (args.batch, args.seq + 1))
         x, y = tokens[:, :-1], tokens[:, 1:]
         logits = np.asarray(GPT(cfg).apply({"params": params}, x))
-        loss, grads = jax.value_and_grad(loss_fn)(params, GPT(cfg), x, y)
+        loss, grads = jax.value_and_grad(lambda p: mean_loss(GPT(cfg), p, x, y))(params)
         ref = model(torch.as_tensor(x))
         ref_loss = torch.nn.functional.cross_entropy(ref.logits.flatten(0, 1), torch.as_tensor(y).flatten())
         ref_loss.backward()

@@ -31,14 +31,15 @@ from jaxgpt.trainer import Trainer  # noqa: E402
 def measure(cfg: Config, devices, warmup: int, steps: int) -> float:
     """Seconds per train step on `devices`."""
     trainer = Trainer(cfg, devices=devices)
-    state = trainer._init(jax.random.key(0))
+    engine = trainer.engine
+    state, frozen = engine.start()
     for i in range(warmup):
-        state, metrics = trainer.train_step(state, trainer.batch(i))
+        state, metrics = engine.train_step(state, engine.put(trainer.task.batch(i)), frozen)
     jax.block_until_ready(metrics)
-    batches = [trainer.batch(warmup + i) for i in range(steps)]  # read before the clock starts
+    batches = [engine.put(trainer.task.batch(warmup + i)) for i in range(steps)]  # read before the clock starts
     t0 = time.perf_counter()
     for batch in batches:
-        state, metrics = trainer.train_step(state, batch)
+        state, metrics = engine.train_step(state, batch, frozen)
     jax.block_until_ready((state, metrics))
     return (time.perf_counter() - t0) / steps
 

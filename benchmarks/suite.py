@@ -24,11 +24,11 @@ jax matmul (median of 7), the same peak for both sides.
 
 Honesty rules. Same shapes, float32 everywhere, dropout 0, random weights (independently initialised:
 timings do not depend on values) and the same random token batches from a fixed seed. Same optimizer:
-AdamW, lr 6e-4 constant (jaxgpt: warmup 0, min_lr = lr), betas (0.9, 0.99), eps 1e-8, weight decay 0.1
+AdamW, lr 6e-4 constant (jaxgpt: lr_schedule constant, warmup 0), betas (0.9, 0.99), eps 1e-8, weight decay 0.1
 on >= 2-D parameters only (torch gets the same two parameter groups), no gradient clipping on either side.
 torch: eager attention, model.train() for steps, eval() + no_grad for generate (eos disabled, exactly the
-same number of new tokens, checked). jaxgpt: jax.jit(partial(train_step, ...), donate_argnums=0) on a
-(1, B, T) batch (it also computes the gradient norm and a finite check, its own metrics; torch does neither);
+same number of new tokens, checked). jaxgpt: the training engine's own jitted step (Engine.train_step: one
+device mesh, donated state) on a (1, B, T) batch (it also computes the gradient norm and a finite check, its own metrics; torch does neither);
 generate(temperature=0, eot_id=None). Threads: torch.set_num_threads(N); XLA sizes its
 pool from the CPUs the process may use, so with --threads below the machine's count the process is pinned
 to N CPUs (both sides). On a GPU, jax's default matmul precision is set to "highest" (no TF32; torch's
@@ -109,11 +109,11 @@ def setup_jax():
 def jax_runner(case: dict, threads: int):
     """A function running one synchronised jaxgpt call of the case (built and placed, not yet compiled)."""
     jax = setup_jax()
-    from jaxgpt.config import ModelConfig, TrainConfig
+    from jaxgpt import loss
+    from jaxgpt.config import Config, ModelConfig, TrainConfig
+    from jaxgpt.engine import Engine
     from jaxgpt.model import GPT, init_params
-    from jaxgpt.optim import make_optimizer
     from jaxgpt.sampling import generate
-    from jaxgpt.steps import TrainState, train_step
 
     cfg = ModelConfig(**case["model"])
     model, params = GPT(cfg), init_params(cfg, jax.random.key(0))
@@ -123,14 +123,15 @@ def jax_runner(case: dict, threads: int):
             out = generate(model, params, x, case["new"], key=jax.random.key(0), temperature=0.0, eot_id=None)
             assert out.shape == (case["batch"], case["prompt"] + case["new"]), out.shape
         return run
-    tx = make_optimizer(TrainConfig(learning_rate=LR, min_lr=LR, warmup_steps=0, beta1=BETAS[0], beta2=BETAS[1],
-                                    weight_decay=WD, grad_clip=0.0))
-    state = [TrainState.create(params, tx)]
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx, seed=0), donate_argnums=0)
-    batch = (jax.numpy.asarray(x[None]), jax.numpy.asarray(y[None]))  # (grad_accum=1, B, T)
+    train = TrainConfig(batch_size=case["batch"], learning_rate=LR, lr_schedule="constant", warmup_steps=0,
+                        beta1=BETAS[0], beta2=BETAS[1], weight_decay=WD, grad_clip=0.0)
+    engine = Engine(Config(model=cfg, train=train), model, loss.language_model(model))  # train.py's own step
+    state, frozen = engine.start(params)
+    state = [state]
+    batch = engine.put((x[None], y[None]))  # (grad_accum=1, B, T)
 
     def run():
-        state[0], metrics = step(state[0], batch)
+        state[0], metrics = engine.train_step(state[0], batch, frozen)
         jax.block_until_ready((state[0], metrics))
     return run
 

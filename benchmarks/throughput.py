@@ -10,7 +10,7 @@ float32 matmul measured at start-up).
 """
 
 import argparse
-import functools
+import dataclasses
 import statistics
 import sys
 import time
@@ -21,12 +21,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt import config as config_lib  # noqa: E402
-from jaxgpt.model import GPT, attention_implementation, count_params, init_params  # noqa: E402
-from jaxgpt.optim import make_optimizer  # noqa: E402
+from jaxgpt import config as config_lib, loss  # noqa: E402
+from jaxgpt.engine import Engine  # noqa: E402
+from jaxgpt.model import GPT, resolve  # noqa: E402
 from jaxgpt.progress import flops_per_token, peak_flops  # noqa: E402
 from jaxgpt.sampling import generate  # noqa: E402
-from jaxgpt.steps import TrainState, train_step  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -51,30 +50,30 @@ def main(argv=None) -> None:
     mcfg = config_lib.ModelConfig(**{**cfg.model.__dict__, "vocab_size": vocab})
     tc, T = cfg.train, mcfg.block_size
 
-    model, tx = GPT(mcfg), make_optimizer(tc)
-    params = init_params(mcfg, jax.random.key(0))
-    state = [TrainState.create(jax.tree.map(jax.numpy.copy, params), tx)]  # the step donates its copy
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx), donate_argnums=0)
+    cfg = dataclasses.replace(cfg, model=mcfg)
+    model = GPT(resolve(mcfg, tc.batch_size // tc.grad_accum))  # the attention kernel decided as train.py does
+    engine = Engine(cfg, model, loss.language_model(model))  # the real step: mesh, shardings, donation
+    state, frozen = engine.start()
     rng = np.random.default_rng(0)
-    x = rng.integers(0, vocab, (tc.grad_accum, tc.batch_size // tc.grad_accum, T)).astype(np.int32)
-    batch = (jax.numpy.asarray(x), jax.numpy.asarray(np.roll(x, -1, axis=-1)))
+    windows = rng.integers(0, vocab, (tc.grad_accum, tc.batch_size // tc.grad_accum, T + 1)).astype(np.int32)
+    batch = engine.put((windows,))
+    holder = [state]
 
     def one_step():
-        state[0], metrics = step(state[0], batch)
+        holder[0], metrics = engine.train_step(holder[0], batch, frozen)
         return metrics
 
     train_s = median_seconds(one_step, args.repeats)
     train_tps = tc.batch_size * T / train_s
     prompt = rng.integers(0, vocab, (1, 16))
     new = min(args.new_tokens, T - 16)
-    gen = lambda: generate(model, params, prompt, new, key=jax.random.key(0), temperature=0)
+    gen = lambda: generate(model, holder[0].params, prompt, new, key=jax.random.key(0), temperature=0)
     gen_s = median_seconds(gen, args.repeats)
     peak = peak_flops()
-    mfu = train_tps * flops_per_token(mcfg, count_params(params)) / peak if peak else float("nan")
-    micro = (tc.batch_size // tc.grad_accum, T, mcfg.n_head, mcfg.head_dim)  # q/k/v of one micro-batch
-    how = attention_implementation(mcfg.attention, jax.default_backend(), mcfg.dtype, micro)
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; model: {count_params(params):,} "
-          f"parameters, context {T}, vocab {vocab}; compute {mcfg.dtype}, attention {how}, remat {mcfg.remat}\n")
+    mfu = train_tps * flops_per_token(mcfg, engine.n_params) / peak if peak else float("nan")
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; model: {engine.n_params:,} "
+          f"parameters, context {T}, vocab {vocab}; compute {mcfg.dtype}, attention {model.config.attention}, "
+          f"remat {mcfg.remat}\n")
     print("| case | median time | tokens/s | MFU |\n|---|---|---|---|")
     print(f"| train step, batch {tc.batch_size} x {T} | {train_s * 1e3:.1f} ms | {train_tps:,.0f} | {mfu:.1%} |")
     print(f"| generate, batch 1, {new} new tokens, greedy | {gen_s * 1e3:.1f} ms | {new / gen_s:,.0f} | |")

@@ -1,21 +1,33 @@
 """jaxgpt: GPT-2 in JAX/Flax, from raw text to a trained model.
 
-The public API, re-exported here; see the modules for the rest.
+The public API, re-exported here and imported on first use (so `jaxgpt.tokenizer` or a data-preparation
+worker process does not load JAX); see the modules for the rest.
 """
 
-from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig
-from jaxgpt.convert import load_pretrained, save_hf, save_jaxgpt
-from jaxgpt.data import get_batch, load_corpus, prepare, sliding_windows
-from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, KVCache, count_params, init_params
-from jaxgpt.sampling import generate
-from jaxgpt.steps import TrainState, eval_step, train_step
-from jaxgpt.tokenizer import get_tokenizer, tokenizer_from_meta
-from jaxgpt.trainer import train
+import importlib
 
-__all__ = [
-    "Config", "DataConfig", "ModelConfig", "TrainConfig", "get_batch", "load_corpus", "prepare",
-    "sliding_windows", "UserError", "GPT", "KVCache", "count_params", "init_params", "generate",
-    "TrainState", "eval_step", "train_step", "get_tokenizer", "tokenizer_from_meta", "train",
-    "load_pretrained", "save_hf", "save_jaxgpt",
-]
+_EXPORTS = {
+    "jaxgpt.config": ("Config", "DataConfig", "ModelConfig", "TrainConfig"),
+    "jaxgpt.convert": ("save_hf", "save_jaxgpt"),
+    "jaxgpt.data": ("get_batch", "load_corpus", "prepare", "sliding_windows"),
+    "jaxgpt.engine": ("Engine", "Task"),
+    "jaxgpt.errors": ("UserError",),
+    "jaxgpt.loader": ("Loaded", "load", "load_pretrained"),
+    "jaxgpt.model": ("GPT", "GPTClassifier", "KVCache", "count_params", "init_params"),
+    "jaxgpt.sampling": ("generate",),
+    "jaxgpt.steps": ("TrainState", "eval_step", "train_step"),
+    "jaxgpt.tokenizer": ("get_tokenizer", "tokenizer_from_meta"),
+    "jaxgpt.trainer": ("train",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'jaxgpt' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
+
+def __dir__():
+    return __all__

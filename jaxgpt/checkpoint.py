@@ -1,9 +1,11 @@
-"""Orbax checkpoints of a run directory, and reading a trained model back for sampling.
+"""Orbax checkpoints: a run directory's train states, params-only model directories, and reading the
+parameters back (for `jaxgpt.loader.load`).
 
 A run directory holds `config.json` (the resolved Config), `tokenizer.json` (tokenizer metadata) and
 `checkpoints/<step>/` written by an Orbax CheckpointManager: the TrainState (`state`) and a small JSON
 item (`meta`: tokens seen, validation loss). The latest `keep` checkpoints are kept, plus the best by
-validation loss. Saves are asynchronous; `wait()` before exiting.
+validation loss. Saves are asynchronous; `wait()` before exiting. A finetune also keeps the weights it
+does not train once, in `frozen/` (`save_tree`).
 """
 
 from __future__ import annotations
@@ -98,20 +100,48 @@ def estimate_bytes(abstract_state) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
 
 
-def save_model(out_dir: str | Path, cfg: Config, params, tokenizer_meta: dict | None, meta: dict,
-               extra: dict | None = None) -> None:
-    """Write a params-only model directory (config.json, tokenizer.json, checkpoints/0) that `load_model`
-    reads like a run directory; used for converted and finetuned weights. `extra` items (e.g. a
-    classifier head) are saved beside the GPT params."""
+def save_model(out_dir: str | Path, cfg: Config, params, tokenizer_meta: dict | None, meta: dict) -> None:
+    """Write a params-only model directory (config.json, tokenizer.json, checkpoints/0) that `jaxgpt.loader.load`
+    reads like a run directory; used for converted weights."""
     out_dir = Path(out_dir)
     manager = _manager(out_dir, keep=1)
-    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params, **(extra or {})}),
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}),
                                             meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
     manager.close()
     save_json(cfg, out_dir / CONFIG_FILE)
     if tokenizer_meta is not None:
         (out_dir / TOKENIZER_FILE).write_text(json.dumps(tokenizer_meta))
+
+
+def save_tree(folder: str | Path, tree) -> None:
+    """Save a pytree of arrays once (a finetune's frozen weights), written whole or not at all."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(Path(folder).absolute(), tree)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def restore_tree(folder: str | Path, abstract=None):
+    """Restore what `save_tree` wrote into the structure and shardings of `abstract` (ShapeDtypeStructs),
+    or, without it, as saved onto the first local device."""
+    folder = Path(folder).absolute()
+    if not folder.is_dir():
+        raise UserError(f"{folder} is missing; the run cannot resume without the weights it keeps there: start "
+                        "it again in a new output folder")
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        with _quiet_after_failure():
+            if abstract is None:
+                device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+                tree = ocp.PyTreeCheckpointHandler().metadata(folder).tree
+                abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+            return checkpointer.restore(folder, abstract)
+    except Exception:  # Orbax and TensorStore raise many types for damaged or mismatched files
+        raise UserError(f"{folder} is damaged (a file is truncated or corrupt); start the run again in a new "
+                        "output folder") from None
+    finally:
+        checkpointer.close()
 
 
 def read_tokenizer_meta(run_dir: str | Path) -> dict | None:
@@ -166,42 +196,34 @@ def read_run_config(run_dir: str | Path) -> Config | None:
         raise UserError(f"{path} holds settings this jaxgpt cannot use ({e}); {fix}") from None
 
 
-def load_model(run_dir: str | Path, step: int | None = None, extra: dict | None = None):
-    """Read a trained model for inference.
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """The steps of a run directory's complete checkpoints ([] if it has none)."""
+    if not (Path(run_dir) / CHECKPOINT_DIR).is_dir():
+        return []
+    manager = _manager(Path(run_dir), create=False)
+    try:
+        return list(manager.all_steps())
+    finally:
+        manager.close()
 
-    Args:
-        run_dir: a run directory written by train.py.
-        step: which checkpoint (default: the latest).
-        extra: more items of the saved state to restore, as {name: abstract pytree} (e.g. a classifier's
-            head); they are returned inside `params` under their names.
-    Returns:
-        (config, params, tokenizer meta dict or None if unknown, step).
-    """
-    from jaxgpt.model import init_params  # local: keeps this module importable without building models
 
+def restore_params(run_dir: str | Path, step: int, sharding=None) -> Any:
+    """Only the `params` of the saved state at `step` (no optimizer state), whatever tree they form (read
+    from the checkpoint's own metadata), placed on `sharding` (default: the first local device)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a directory; pass a run directory written by train.py")
-    cfg = read_run_config(run_dir)
-    manager = _manager(run_dir, create=False) if (run_dir / CHECKPOINT_DIR).is_dir() else None
-    if cfg is None or manager is None or manager.latest_step() is None:
-        raise UserError(f"{run_dir} holds no checkpoint (no {CONFIG_FILE} or {CHECKPOINT_DIR}/); "
-                        "train one with `python train.py --train.out_dir=...` first")
-    step = manager.latest_step() if step is None else step
-    if step not in manager.all_steps():
-        raise UserError(f"{run_dir} has no checkpoint at step {step}; it has {manager.all_steps()}")
-    tokenizer_meta = read_tokenizer_meta(run_dir)  # None for converted models whose tokenizer is unknown
-    item = {"params": jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0))), **(extra or {})}
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    # Restore only the parameters, onto one device: the optimizer state is not needed to sample.
-    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=item, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), item),
-        partial_restore=True,
-    ))
+    where = run_dir.absolute() / CHECKPOINT_DIR / str(step) / "state"
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     try:
         with _quiet_after_failure():
-            restored = manager.restore(step, args=args)
+            tree = ocp.PyTreeCheckpointHandler().metadata(where)["params"]
+            item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)}
+            manager = _manager(run_dir, create=False)
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                    item=item, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), item),
+                    partial_restore=True)))
+            finally:
+                manager.close()
     except Exception:  # Orbax and TensorStore raise many types for damaged files
-        raise _damaged(step, run_dir / CHECKPOINT_DIR, list(manager.all_steps())) from None
-    params = restored.state["params"]
-    return cfg, ({**{k: restored.state[k] for k in extra}, "gpt": params} if extra else params), tokenizer_meta, step
+        raise _damaged(step, run_dir / CHECKPOINT_DIR, checkpoint_steps(run_dir)) from None
+    return restored.state["params"]

@@ -22,7 +22,8 @@ from typing import Any
 from jaxgpt.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION = ("auto", "xla")
+ATTENTION = ("auto", "xla", "cudnn")
+SCHEDULES = ("cosine", "constant")
 REMAT = ("none", "full", "dots")
 SEED_LIMIT = 2**63  # seeds are 0 .. SEED_LIMIT - 1: what jax.random.key and numpy's generators both take
 
@@ -31,17 +32,17 @@ SEED_LIMIT = 2**63  # seeds are 0 .. SEED_LIMIT - 1: what jax.random.key and num
 class ModelConfig:
     """GPT-2 shape and numerics. Defaults are GPT-2 small (124M)."""
 
-    vocab_size: int = 50257
+    vocab_size: int = 50257  # tokens in the vocabulary (set from the tokenizer, or the pretrained model)
     block_size: int = 1024  # longest context; size of the learned position table
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches while training
     qkv_bias: bool = True  # GPT-2 has biases on q, k, v; the book also trains without them
     layer_norm_eps: float = 1e-5  # GPT-2's value; Flax's default (1e-6) would shift every logit
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of the weights
-    attention: str = "auto"  # "auto": cuDNN's fused attention where it compiles (GPU, 16-bit dtype), else XLA's; "xla"
+    attention: str = "auto"  # "auto": cuDNN's fused attention where it compiles (GPU, 16-bit dtype), else XLA's; "xla"; "cudnn"
     remat: str = "none"  # recompute in the backward pass, per block: "none", "full", or "dots" (keeps matmul outputs)
 
     @staticmethod
@@ -68,35 +69,38 @@ PRESETS: dict[str, ModelConfig] = {
 class DataConfig:
     source: str = "shakespeare"  # "shakespeare" (embedded), a text file, or a folder of .txt files
     tokenizer: str = "char"  # "char", "gpt2" or "simple"
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # of every document (its end) held out for validation
     cache_dir: str = "data"  # prepared token files are kept here and reused
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    out_dir: str = "out/run"
-    seed: int = 1337
+    out_dir: str = "out/run"  # the run directory: checkpoints, metrics, plots, samples
+    seed: int = 1337  # initialisation, batches and dropout all follow from it
     batch_size: int = 32  # sequences per optimizer step, summed over devices and accumulation
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 2000
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
+    max_steps: int = 2000  # optimizer steps to train to (may be raised when resuming)
+    learning_rate: float = 1e-3  # the peak, after the warmup
+    lr_schedule: str = "cosine"  # "cosine": warmup, then cosine decay to min_lr; "constant": warmup, then learning_rate
+    min_lr: float = 1e-4  # where the cosine decay ends
+    warmup_steps: int = 100  # linear warmup from 0
     decay_steps: int = 0  # cosine decay length; 0 means max_steps
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
+    weight_decay: float = 0.1  # AdamW's, on weight matrices and embeddings only
+    beta1: float = 0.9  # Adam's first-moment decay
+    beta2: float = 0.99  # Adam's second-moment decay
     grad_clip: float = 1.0  # global-norm clipping; 0 turns it off
-    log_interval: int = 10
+    log_interval: int = 10  # steps between progress lines and metrics.jsonl records
     eval_interval: int = 250  # also the checkpoint interval
     eval_steps: int = 20  # validation batches per evaluation
     sample_interval: int = 500  # 0 turns periodic samples off
-    sample_tokens: int = 200
-    sample_prompt: str = "\n"
+    sample_tokens: int = 200  # length of each sample
+    sample_prompt: str = "\n"  # what samples continue (escapes such as \n work)
     keep_checkpoints: int = 2  # latest N kept, plus the best by validation loss
     progress: bool = True  # one updating progress line on a terminal
     init_from: str = ""  # start from pretrained weights: a jaxgpt, Hugging Face or OpenAI GPT-2 directory
     skip_nonfinite: bool = False  # skip (and count) updates with a NaN/inf loss or gradient instead of stopping
+    hellaswag: str = ""  # a HellaSwag JSONL file: its accuracy at every evaluation (metrics.jsonl, hellaswag.png)
+    hellaswag_limit: int = 0  # only its first N examples (0: all)
 
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -153,7 +157,8 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "me
 RESUMABLE_KEYS = frozenset(
     {"train.max_steps", "train.log_interval", "train.eval_interval", "train.eval_steps",
      "train.sample_interval", "train.sample_tokens", "train.sample_prompt", "train.keep_checkpoints",
-     "train.progress", "train.out_dir", "data.cache_dir", "train.skip_nonfinite"}
+     "train.progress", "train.out_dir", "data.cache_dir", "train.skip_nonfinite", "train.hellaswag",
+     "train.hellaswag_limit"}
     # How the same computation is carried out is not what it learns either.
     | {"model.attention", "model.remat"}
     # Where the work runs is not what it learns: a checkpoint restores onto any mesh and process count.
@@ -268,6 +273,7 @@ def validate(cfg: Config) -> Config:
         "train.min_lr": t.min_lr, "train.warmup_steps": t.warmup_steps, "train.decay_steps": t.decay_steps,
         "train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip,
         "train.sample_interval": t.sample_interval, "train.sample_tokens": t.sample_tokens,
+        "train.hellaswag_limit": t.hellaswag_limit,
     }
     for key, value in non_negative.items():
         if not value >= 0:
@@ -280,7 +286,8 @@ def validate(cfg: Config) -> Config:
     if not 0 <= m.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
     for key, value, allowed in (("model.dtype", m.dtype, DTYPES), ("model.param_dtype", m.param_dtype, DTYPES),
-                                ("model.attention", m.attention, ATTENTION), ("model.remat", m.remat, REMAT)):
+                                ("model.attention", m.attention, ATTENTION), ("model.remat", m.remat, REMAT),
+                                ("train.lr_schedule", t.lr_schedule, SCHEDULES)):
         if value not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     if not 0 < d.val_fraction < 1:

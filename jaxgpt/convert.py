@@ -1,29 +1,32 @@
-"""Pretrained GPT-2 weights in and out: OpenAI's TensorFlow release, Hugging Face directories, jaxgpt.
+"""Pretrained GPT-2 weights in and out: OpenAI's TensorFlow release and Hugging Face directories.
 
 Every format passes through one table of Hugging Face tensor names without the `transformer.` prefix
 ("wte.weight", "h.0.attn.c_attn.weight", ...), each paired with its path in the Flax params tree and its
-shape. GPT-2's Conv1D weights are stored (in, out), as Flax Dense kernels are, so no tensor is transposed;
-OpenAI's TensorFlow weights carry one extra leading axis of size 1, which is dropped. The output head is
-tied to `wte` in all three formats.
+shape. The table is derived from the model's own parameter tree (`jax.eval_shape` of its initialisation),
+so it cannot drift from the model. GPT-2's Conv1D weights are stored (in, out), as Flax Dense kernels are,
+so no tensor is transposed; OpenAI's TensorFlow weights carry one extra leading axis of size 1, which is
+dropped. The output head is tied to `wte` in all three formats.
 
-Kinds of directory (`detect`):
-- "hf": `config.json` + `model.safetensors` (or a sharded `model.safetensors.index.json`, or a
-  `pytorch_model.bin`, read only with PyTorch's weights_only loader);
-- "openai": `hparams.json` + `model.ckpt.index` + `model.ckpt.data-*` (read without TensorFlow);
-- "jaxgpt": a run or converted-model directory (`config.json` + `checkpoints/`).
+Kinds of directory (see `jaxgpt.loader.detect`): "hf" (`config.json` + `model.safetensors`, a sharded
+`model.safetensors.index.json`, or a `pytorch_model.bin` read only with PyTorch's weights_only loader),
+"openai" (`hparams.json` + `model.ckpt.*`, read without TensorFlow) and "jaxgpt" (config.json +
+checkpoints/). Safetensors files are read and written with the `safetensors` package.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
-from jaxgpt import checkpoint, safetensors
+from jaxgpt import checkpoint
 from jaxgpt.config import Config, DataConfig, ModelConfig, validate
 from jaxgpt.errors import UserError
 from jaxgpt.files import read_json_object, staged_dir
@@ -32,32 +35,35 @@ HF, OPENAI, JAXGPT = "hf", "openai", "jaxgpt"
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_COPY = "jaxgpt_tokenizer.json"  # a jaxgpt tokenizer travels with an exported HF directory
 _HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old HF files, not weights
-
-# Per-layer tensors: HF suffix -> path inside the Flax block `h_i`.
-_LAYER = {
-    "ln_1.weight": ("ln_1", "scale"), "ln_1.bias": ("ln_1", "bias"),
-    "attn.c_attn.weight": ("attn", "c_attn", "kernel"), "attn.c_attn.bias": ("attn", "c_attn", "bias"),
-    "attn.c_proj.weight": ("attn", "c_proj", "kernel"), "attn.c_proj.bias": ("attn", "c_proj", "bias"),
-    "ln_2.weight": ("ln_2", "scale"), "ln_2.bias": ("ln_2", "bias"),
-    "mlp.c_fc.weight": ("mlp", "c_fc", "kernel"), "mlp.c_fc.bias": ("mlp", "c_fc", "bias"),
-    "mlp.c_proj.weight": ("mlp", "c_proj", "kernel"), "mlp.c_proj.bias": ("mlp", "c_proj", "bias"),
-}
+_HF_LEAF = {"embedding": "weight", "kernel": "weight", "scale": "weight", "bias": "bias"}
 
 
+def hf_name(path: tuple[str, ...]) -> str:
+    """('h_0', 'attn', 'c_attn', 'kernel') -> 'h.0.attn.c_attn.weight'; ('wte', 'embedding') -> 'wte.weight'."""
+    *mods, leaf = path
+    if mods[0].startswith("h_"):
+        mods = ["h", mods[0][2:], *mods[1:]]
+    return ".".join([*mods, _HF_LEAF[leaf]])
+
+
+_BLOCK_ORDER = {"ln_1": 0, "attn": 1, "ln_2": 2, "mlp": 3}
+
+
+def _hf_order(path: tuple[str, ...]) -> tuple:
+    """Hugging Face's order of tensors: wte, wpe, the blocks by number (ln_1, attn, ln_2, mlp; each weight
+    before its bias), ln_f."""
+    top, leaf = path[0], path[-1]
+    block = (int(top[2:]), _BLOCK_ORDER[path[1]], path[2:-1]) if top.startswith("h_") else ()
+    return {"wte": 0, "wpe": 1, "ln_f": 3}.get(top, 2), block, leaf == "bias"
+
+
+@functools.cache
 def name_table(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
-    """HF name -> (Flax params path, shape) for every tensor of a GPT-2 with this config."""
-    C, F = cfg.n_embd, 4 * cfg.n_embd
-    shapes = {"attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,), "attn.c_proj.weight": (C, C),
-              "mlp.c_fc.weight": (C, F), "mlp.c_fc.bias": (F,), "mlp.c_proj.weight": (F, C)}
-    table = {"wte.weight": (("wte", "embedding"), (cfg.vocab_size, C)),
-             "wpe.weight": (("wpe", "embedding"), (cfg.block_size, C))}
-    for i in range(cfg.n_layer):
-        for suffix, path in _LAYER.items():
-            if suffix != "attn.c_attn.bias" or cfg.qkv_bias:
-                table[f"h.{i}.{suffix}"] = ((f"h_{i}", *path), shapes.get(suffix, (C,)))
-    table["ln_f.weight"] = (("ln_f", "scale"), (C,))
-    table["ln_f.bias"] = (("ln_f", "bias"), (C,))
-    return table
+    """HF name -> (Flax params path, shape) for every tensor of a GPT-2 with this config, in HF's order."""
+    from jaxgpt.model import init_params
+
+    shapes = traverse_util.flatten_dict(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+    return {hf_name(path): (path, tuple(shapes[path].shape)) for path in sorted(shapes, key=_hf_order)}
 
 
 def _tf_name(hf_name: str) -> str:
@@ -159,9 +165,32 @@ def _torch_tensors(path: Path) -> dict[str, np.ndarray]:
     return {k: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for k, t in state.items()}
 
 
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a NumPy array (bfloat16 through ml_dtypes), or one line
+    saying what is wrong with the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="np") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except SafetensorError as e:
+        reason = str(e).removeprefix("Error while deserializing header: ")
+        if "not fully covered" in reason:
+            reason = "truncated: its header describes more bytes than the file holds"
+        raise UserError(f"{path} is not a valid safetensors file ({reason}); download or export it again") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, path, metadata=metadata)  # keeps 0-d
+
+
 def _hf_tensors(d: Path) -> dict[str, np.ndarray]:
     if (d / "model.safetensors").is_file():
-        return safetensors.load(d / "model.safetensors")[0]
+        return read_safetensors(d / "model.safetensors")
     index = d / "model.safetensors.index.json"
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
@@ -169,89 +198,46 @@ def _hf_tensors(d: Path) -> dict[str, np.ndarray]:
             raise UserError(f"{index} has no weight_map; download it again")
         tensors = {}
         for file in sorted(set(weight_map.values())):
-            shard = safetensors.load(d / file)[0]
+            shard = read_safetensors(d / file)
             tensors.update({k: v for k, v in shard.items() if weight_map.get(k) == file})
         return tensors
     return _torch_tensors(d / "pytorch_model.bin")
 
 
-def _tf_prefix(d: Path) -> Path | None:
+def tf_prefix(d: Path) -> Path | None:
+    """The checkpoint prefix of OpenAI's release in `d` (its one `*.index` file without the suffix)."""
     indexes = sorted(d.glob("*.index"))
     return indexes[0].with_suffix("") if len(indexes) == 1 else None
 
 
-def detect(path: str | Path) -> str:
-    """'hf', 'openai' or 'jaxgpt' for a model directory; a UserError for anything else."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p} does not exist; pass a model directory: a jaxgpt run or converted model, or a "
-                        "Hugging Face or OpenAI GPT-2 download")
-    if not p.is_dir():
-        raise UserError(f"{p} is a file; pass the directory that holds the model's files")
-    if (p / "config.json").is_file() and (p / checkpoint.CHECKPOINT_DIR).is_dir():
-        return JAXGPT
-    if (p / "config.json").is_file() and any((p / f).is_file() for f in HF_WEIGHTS):
-        return HF
-    if (p / "hparams.json").is_file():
-        if _tf_prefix(p) is None:
-            raise UserError(f"{p} has hparams.json but not exactly one model.ckpt.index; download OpenAI's "
-                            "hparams.json, model.ckpt.index and model.ckpt.data-00000-of-00001 into it")
-        return OPENAI
-    raise UserError(f"{p} is neither a Hugging Face GPT-2 directory (config.json + model.safetensors), "
-                    "OpenAI's release (hparams.json + model.ckpt.*) nor a jaxgpt run (config.json + checkpoints/)")
+def hf_model_config(d: Path) -> ModelConfig:
+    return _hf_config(d / "config.json")
 
 
-def read_config(path: str | Path) -> ModelConfig:
-    """The model config of any kind of model directory, without reading its weights."""
-    p, kind = Path(path), detect(path)
-    if kind == HF:
-        return _hf_config(p / "config.json")
-    if kind == OPENAI:
-        return _openai_config(p / "hparams.json")
-    return checkpoint.read_run_config(p).model
+def openai_model_config(d: Path) -> ModelConfig:
+    return _openai_config(d / "hparams.json")
 
 
-def read_tokenizer_meta(path: str | Path) -> dict | None:
-    """The tokenizer a model directory was trained with: saved metadata, else GPT-2's BPE for a
-    vocabulary of 50,257 or more (OpenAI's and HF's GPT-2), else None (unknown)."""
-    p, kind = Path(path), detect(path)
-    if kind == JAXGPT and (saved := checkpoint.read_tokenizer_meta(p)) is not None:
-        return saved
-    if kind == HF and (p / TOKENIZER_COPY).is_file():
-        return _read_json(p / TOKENIZER_COPY)
-    if read_config(p).vocab_size >= 50257:
-        from jaxgpt.tokenizer import GPT2Tokenizer
-
-        return GPT2Tokenizer().meta()
-    return None
+def read_hf(d: Path) -> tuple[ModelConfig, dict]:
+    """(config, GPT params) of a Hugging Face GPT-2 directory."""
+    cfg = hf_model_config(d)
+    tensors = _hf_tensors(d)
+    prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
+    head = tensors.get("lm_head.weight")
+    wte = tensors.get(prefix + "wte.weight")
+    if head is not None and wte is not None and not np.array_equal(head, wte):
+        raise UserError(f"{d} has an output head (lm_head.weight) that differs from wte; jaxgpt ties them")
+    ignore = frozenset({"lm_head.weight"} | {k for k in tensors if k.endswith(_HF_BUFFERS)})
+    return cfg, _to_params(cfg, tensors, d, lambda n: prefix + n, ignore=ignore)
 
 
-def load_pretrained(path: str | Path, step: int | None = None) -> tuple[ModelConfig, dict]:
-    """Read GPT-2 weights of any kind (see `detect`) into (config, params) ready for `GPT(config).apply`.
-
-    Args:
-        path: a Hugging Face, OpenAI or jaxgpt model directory.
-        step: for a jaxgpt run, the checkpoint to read (default: the latest).
-    """
-    p, kind = Path(path), detect(path)
-    if kind == JAXGPT:
-        cfg, params, _, _ = checkpoint.load_model(p, step)
-        return cfg.model, params
-    if kind == HF:
-        cfg = _hf_config(p / "config.json")
-        tensors = _hf_tensors(p)
-        prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
-        head = tensors.get("lm_head.weight")
-        wte = tensors.get(prefix + "wte.weight")
-        if head is not None and wte is not None and not np.array_equal(head, wte):
-            raise UserError(f"{p} has an output head (lm_head.weight) that differs from wte; jaxgpt ties them")
-        ignore = frozenset({"lm_head.weight"} | {k for k in tensors if k.endswith(_HF_BUFFERS)})
-        return cfg, _to_params(cfg, tensors, p, lambda n: prefix + n, ignore=ignore)
+def read_openai(d: Path) -> tuple[ModelConfig, dict]:
+    """(config, GPT params) of OpenAI's TensorFlow release directory."""
     from jaxgpt.tf_checkpoint import read_tf_checkpoint
 
-    cfg = _openai_config(p / "hparams.json")
-    tensors = read_tf_checkpoint(_tf_prefix(p))
-    return cfg, _to_params(cfg, tensors, p, _tf_name, lambda n, s: (1, *s) if _is_conv(n) else s)
+    cfg = openai_model_config(d)
+    tensors = read_tf_checkpoint(tf_prefix(d))
+    return cfg, _to_params(cfg, tensors, d, _tf_name, lambda n, s: (1, *s) if _is_conv(n) else s)
 
 
 def hf_config_dict(cfg: ModelConfig) -> dict:
@@ -278,10 +264,12 @@ def save_hf(cfg: ModelConfig, params, out_dir: str | Path, tokenizer_meta: dict 
             node = node.get(part) if isinstance(node, dict) else None
         tensors["transformer." + name] = np.zeros(shape, cfg.param_dtype) if node is None else np.asarray(node)
     with staged_dir(out_dir, overwrite) as tmp:
-        safetensors.save(tmp / "model.safetensors", tensors, {"format": "pt"})
+        write_safetensors(tmp / "model.safetensors", tensors, {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
         if tokenizer_meta is not None:
             (tmp / TOKENIZER_COPY).write_text(json.dumps(tokenizer_meta))
+            if tokenizer_meta.get("kind") == "bpe":  # a trained BPE in the tokenizers format HF reads
+                (tmp / "tokenizer.json").write_text(tokenizer_meta["tokenizer"], encoding="utf-8")
             if tokenizer_meta.get("kind") == "gpt2":
                 from jaxgpt.tokenizer import gpt2_files
 
@@ -303,14 +291,16 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, overwrite: 
             step: int | None = None) -> str:
     """Convert the model directory `src` into `dst` (`to`: 'jaxgpt' or 'hf'; default: jaxgpt, or hf for a
     jaxgpt source). Nothing is written unless the whole conversion succeeds. Returns a summary line."""
+    from jaxgpt.loader import detect, load
+
     kind = detect(src)
     to = to or (HF if kind == JAXGPT else JAXGPT)
     if to not in (HF, JAXGPT):
         raise UserError(f"cannot convert to {to!r}; choose 'jaxgpt' or 'hf'")
     if Path(dst).exists() and not overwrite:
         raise UserError(f"{dst} already exists; choose a new destination or pass --overwrite to replace it")
-    cfg, params = load_pretrained(src, step)
-    tok = read_tokenizer_meta(src)
+    model = load(src, step)
+    cfg, params, tok = model.config, model.gpt_params, model.tokenizer_meta
     if to == HF:
         save_hf(cfg, params, dst, tok, overwrite)
     else:

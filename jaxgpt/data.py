@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxgpt.errors import UserError
 from jaxgpt.shakespeare import shakespeare_plays
-from jaxgpt.tokenizer import get_tokenizer, tokenizer_from_meta
+from jaxgpt.tokenizer import KINDS, get_tokenizer, tokenizer_from_meta
 
 SHAKESPEARE = "shakespeare"
 _META_FORMAT = 1
@@ -162,18 +162,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def prepare(source: str, tokenizer_kind: str, cache_dir: str, val_fraction: float = 0.1) -> Prepared:
     """Tokenizes a corpus once into `cache_dir/<kind>-<fingerprint>/` and reuses it on later calls.
 
-    Args: source (see `load_documents`), tokenizer_kind ("gpt2" | "char" | "simple"), cache_dir, and
-        val_fraction, the share of every document (its end) kept for validation.
+    Args: source (see `load_documents`), tokenizer_kind ("gpt2" | "char" | "simple", or the folder of a
+        trained BPE), cache_dir, and val_fraction, the share of every document (its end) kept for validation.
     Returns: the `Prepared` folder (see `split_documents` for the split).
     """
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}; try 0.1")
     docs = load_documents(source)
     text = "\n\n".join(docs)
-    parts = (_SPLIT_METHOD, *docs, tokenizer_kind, repr(float(val_fraction)))
+    name, which, tokenizer = tokenizer_kind, tokenizer_kind, None
+    if tokenizer_kind not in KINDS:  # a trained BPE: keyed by its content, not by where it lies
+        tokenizer = get_tokenizer(tokenizer_kind, text)
+        if getattr(tokenizer, "fingerprint", None):
+            name, which = "bpe", f"bpe:{tokenizer.fingerprint}"
+    parts = (_SPLIT_METHOD, *docs, which, repr(float(val_fraction)))
     key = b"\0".join(part.encode("utf-8") for part in parts)  # NUL-separated so fields cannot run together
     fingerprint = hashlib.sha256(key).hexdigest()
-    folder = Path(cache_dir).expanduser() / f"{tokenizer_kind}-{fingerprint[:16]}"
+    folder = Path(cache_dir).expanduser() / f"{name}-{fingerprint[:16]}"
     try:
         cached = load_prepared(folder)
         if cached.fingerprint == fingerprint:
@@ -181,7 +186,7 @@ def prepare(source: str, tokenizer_kind: str, cache_dir: str, val_fraction: floa
     except UserError:
         pass  # missing or incomplete (e.g. an interrupted run): rebuild it below
 
-    tokenizer = get_tokenizer(tokenizer_kind, text)
+    tokenizer = tokenizer or get_tokenizer(tokenizer_kind, text)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32)
     train_text, val_text = split_documents(docs, val_fraction)
     train_ids = np.asarray(tokenizer.encode(train_text), dtype=np.int64)

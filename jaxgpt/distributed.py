@@ -6,12 +6,14 @@ writes logs, plots and samples; every process takes part in Orbax's checkpoints.
 
 Where the settings come from, first found wins: `dist.*` in the config, then JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID, or with `dist.auto` JAX's own detection (Cloud TPU, SLURM, Open MPI,
-Kubernetes). With none of them the run is one process and nothing is set up.
+Kubernetes). With none of them the run is one process and nothing is set up. `StopFlag` turns SIGTERM and
+Ctrl-C into a request to stop at the next step boundary (the processes agree on the step, see engine.py).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 
@@ -115,3 +117,25 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a request to checkpoint and stop at the next step boundary."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)

@@ -134,6 +134,21 @@ def apply(model: nn.Module, params: Params, adapters: Params, cfg: LoraConfig, *
         return model.apply({"params": params}, *args, method=method, **kwargs)
 
 
+def adapter_axes(kernel_axes: dict[Path, tuple], adapters: Params, prefix: Path = ()) -> dict[Path, tuple]:
+    """Logical sharding axes of the adapters, following their base weights: `a` (in, rank) takes the
+    kernel's input axis and `b` (rank, out) its output axis, so an adapter is split like its kernel.
+
+    Args: kernel_axes, parameter path -> axes (`sharding.param_axes`); adapters; prefix, where the adapters
+        sit in the tree being laid out. Returns: full adapter path -> axes.
+    """
+    out = {}
+    for path in _adapted(adapters):
+        names = kernel_axes.get(path + ("kernel",), (None, None))
+        out[prefix + path + ("a",)] = (names[0], None)
+        out[prefix + path + ("b",)] = (None, names[1])
+    return out
+
+
 def count(adapters: Params) -> int:
     """Number of adapter parameters."""
     return sum(x.size for x in jax.tree.leaves(adapters))

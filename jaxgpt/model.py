@@ -2,7 +2,13 @@
 
 The tree of parameters is `wte, wpe, h_0 .. h_{n-1} {ln_1, attn {c_attn, c_proj}, ln_2, mlp {c_fc, c_proj}},
 ln_f`. A linen `Dense` kernel is laid out (in, out), the same as GPT-2's Conv1D weight, so converting
-weights is a renaming. The output head is tied to `wte`.
+weights is a renaming. The output head is tied to `wte` (`GPT.head_weight`, the one place both the logits
+and the fused losses read it).
+
+Each weight declares its logical sharding axes where it is created (`vocab`, `embed`, `heads`, `mlp`;
+`nn.with_logical_partitioning`), and the residual stream is pinned to the `batch` axis
+(`nn.with_logical_constraint`); `jaxgpt.sharding` maps these names onto a device mesh. Outside such a
+mapping (one device, sampling, a user's own `apply`) both are no-ops.
 
 The model knows nothing of tokenizers, files or training. Incremental decoding takes an explicit KV cache
 (a pytree of arrays) and returns the updated one, so sampling stays a pure function.
@@ -10,6 +16,7 @@ The model knows nothing of tokenizers, files or training. Incremental decoding t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import NamedTuple
@@ -20,6 +27,8 @@ import jax.numpy as jnp
 
 from jaxgpt.config import ModelConfig
 from jaxgpt.errors import UserError
+
+RESIDUAL = ("batch", None, None)  # logical axes of the (B, T, C) residual stream: split by batch only
 
 
 class KVCache(NamedTuple):
@@ -44,10 +53,13 @@ class KVCache(NamedTuple):
         return KVCache(zeros(), zeros())
 
 
-def _dense(features: int, config: ModelConfig, name: str, std: float = 0.02, bias: bool = True) -> nn.Dense:
+def _dense(features: int, config: ModelConfig, name: str, axes: tuple[str, str], std: float = 0.02,
+           bias: bool = True) -> nn.Dense:
+    """A Dense layer whose kernel (in, out) has logical axes `axes` and whose bias follows the output axis."""
     return nn.Dense(
         features, name=name, use_bias=bias, dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
-        kernel_init=nn.initializers.normal(std), bias_init=nn.initializers.zeros,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
     )
 
 
@@ -101,12 +113,27 @@ def attention_implementation(setting: str, backend: str, dtype: str, shape: tupl
     """The `implementation` for jax.nn.dot_product_attention of q/k/v (B, T, H, D): "xla" or "cudnn".
 
     "auto" takes cuDNN's fused (flash) attention on a GPU, in a 16-bit compute dtype, with a head size it
-    supports, when a trial compilation of this shape succeeds (`probe`); XLA's everywhere else.
+    supports, when a trial compilation of this shape succeeds (`probe`); XLA's everywhere else. "cudnn"
+    asks for it outright and is refused in one line where it cannot run.
     """
+    fits = backend == "gpu" and dtype in ("bfloat16", "float16") and shape[-1] % 8 == 0 and shape[-1] <= 128
+    if setting == "cudnn" and not (fits and probe(shape, dtype)):
+        raise UserError(f"model.attention=cudnn does not run here ({backend}, {dtype}, head size {shape[-1]}); it "
+                        "needs an NVIDIA GPU, a 16-bit model.dtype and a head size that is a multiple of 8 up to 128; "
+                        "use --model.attention=auto")
     if setting != "auto":
         return setting
-    fits = backend == "gpu" and dtype in ("bfloat16", "float16") and shape[-1] % 8 == 0 and shape[-1] <= 128
     return "cudnn" if fits and probe(shape, dtype) else "xla"
+
+
+def resolve(config: ModelConfig, batch: int, backend: str | None = None, probe=_cudnn_compiles) -> ModelConfig:
+    """The config the model runs with on this backend: the dtype checked and `attention` decided ("xla" or
+    "cudnn") for (batch, block_size) inputs, once and before anything is traced."""
+    backend = backend or jax.default_backend()
+    check_compute_dtype(config.dtype, backend)
+    shape = (batch, config.block_size, config.n_head, config.head_dim)
+    how = attention_implementation(config.attention, backend, config.dtype, shape, probe)
+    return dataclasses.replace(config, attention=how)
 
 
 class CausalSelfAttention(nn.Module):
@@ -119,7 +146,7 @@ class CausalSelfAttention(nn.Module):
         cfg = self.config
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
-        qkv = _dense(3 * C, cfg, "c_attn", bias=cfg.qkv_bias)(x)  # (B, T, 3C)
+        qkv = _dense(3 * C, cfg, "c_attn", ("embed", "heads"), bias=cfg.qkv_bias)(x)  # (B, T, 3C)
         q, k, v = jnp.split(qkv.reshape(B, T, 3, H, D), 3, axis=2)  # 3 x (B, T, 1, H, D)
         q, k, v = (a.squeeze(2) for a in (q, k, v))  # (B, T, H, D)
 
@@ -137,13 +164,12 @@ class CausalSelfAttention(nn.Module):
             causal = jnp.tril(jnp.ones((T, T), bool))
             y = _explicit_attention(q, k, v, causal, "bshd",
                                     lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
-        else:
-            check_compute_dtype(cfg.dtype, jax.default_backend())
-            how = attention_implementation(cfg.attention, jax.default_backend(), cfg.dtype, q.shape)
+        else:  # `resolve` decided the kernel; an unresolved "auto" (a user's own GPT) is XLA's
+            how = "cudnn" if cfg.attention == "cudnn" else "xla"
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=how)  # (B, T, H, D)
 
         y = y.reshape(B, T, C)  # (B, T, C): heads side by side again
-        y = _dense(C, cfg, "c_proj", std=_residual_std(cfg))(y)
+        y = _dense(C, cfg, "c_proj", ("heads", "embed"), std=_residual_std(cfg))(y)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
         return y, layer_cache
 
@@ -154,9 +180,9 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool):
         cfg = self.config
-        h = _dense(4 * cfg.n_embd, cfg, "c_fc")(x)  # (B, T, 4C)
+        h = _dense(4 * cfg.n_embd, cfg, "c_fc", ("embed", "mlp"))(x)  # (B, T, 4C)
         h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
-        h = _dense(cfg.n_embd, cfg, "c_proj", std=_residual_std(cfg))(h)  # (B, T, C)
+        h = _dense(cfg.n_embd, cfg, "c_proj", ("mlp", "embed"), std=_residual_std(cfg))(h)  # (B, T, C)
         return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
@@ -190,10 +216,12 @@ class GPT(nn.Module):
 
     def setup(self):
         cfg = self.config
-        embed = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                     embedding_init=nn.initializers.normal(0.02))
-        self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, **embed)
-        self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, **embed)
+        embed = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+        init = nn.initializers.normal(0.02)
+        self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=nn.with_logical_partitioning(
+            init, ("vocab", "embed")), **embed)
+        self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=nn.with_logical_partitioning(
+            init, (None, "embed")), **embed)
         self.h = [_block_class(cfg.remat)(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
         self.ln_f = _layer_norm(cfg, "ln_f")
         self.drop = nn.Dropout(cfg.dropout)
@@ -203,23 +231,33 @@ class GPT(nn.Module):
         B, T = tokens.shape
         positions = pos + jnp.arange(T)  # (T,)
         x = self.wte(tokens) + self.wpe(positions)[None]  # (B, T, C)
-        x = self.drop(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(self.drop(x, deterministic=deterministic), RESIDUAL)
         ks, vs = [], []
         for i, block in enumerate(self.h):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x, layer_cache = block(x, deterministic, layer_cache, pos)
+            # Left to itself, XLA carried the embedding table's FSDP layout (C split) into the activations
+            # and gathered weights and activations back and forth; pinned, each layer is one weight gather.
+            x = nn.with_logical_constraint(x, RESIDUAL)
             if cache is not None:
                 ks.append(layer_cache[0])
                 vs.append(layer_cache[1])
         return self.ln_f(x), (None if cache is None else KVCache(tuple(ks), tuple(vs)))
 
+    def head_weight(self) -> jax.Array:
+        """The output head's (V, C) weight: the token embedding, tied."""
+        return self.wte.embedding
+
+    def features(self, tokens, deterministic: bool = True):
+        """(hidden states (B, T, C), head weight (V, C)): what the fused losses project and score."""
+        return self.hidden_states(tokens, deterministic)[0], self.head_weight()
+
     def logits(self, x):
         """Project hidden states (B, T, C) onto the vocabulary with the tied embedding -> float32."""
-        # An einsum against wte as stored (V, C), not `wte.attend` (x @ wte.T): XLA's CPU backend then runs a
-        # matrix-vector kernel when decoding, instead of a loop over a transposed view (about 1.4x slower).
+        # An einsum against the head as stored (V, C), not `wte.attend` (x @ wte.T): XLA's CPU backend then runs
+        # a matrix-vector kernel when decoding, instead of a loop over a transposed view (about 1.4x slower).
         dt = jnp.dtype(self.config.dtype)
-        emb = self.wte.embedding.astype(dt)  # (V, C)
-        return jnp.einsum("btc,vc->btv", x.astype(dt), emb).astype(jnp.float32)  # (B, T, vocab_size)
+        return jnp.einsum("btc,vc->btv", x.astype(dt), self.head_weight().astype(dt)).astype(jnp.float32)
 
     def __call__(self, tokens, deterministic: bool = True, cache: KVCache | None = None, pos=0):
         """Args:
@@ -235,10 +273,38 @@ class GPT(nn.Module):
         return logits if cache is None else (logits, new_cache)
 
 
+class GPTClassifier(nn.Module):
+    """A GPT whose output layer is an n-class head read at each example's last real token (the book's
+    chapter 6). Parameters: {"gpt": <GPT's>, "head": {"kernel" (C, n), "bias" (n,)}}; the head is float32.
+    Padding after an example's last token cannot change its class: attention is causal."""
+
+    config: ModelConfig
+    n_classes: int
+
+    def setup(self):
+        self.gpt = GPT(self.config)
+        self.head = nn.Dense(self.n_classes, kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), ("embed", None)), bias_init=nn.initializers.zeros)
+
+    def __call__(self, tokens, lengths, deterministic: bool = True):
+        """tokens (B, T), lengths (B,) real tokens per row -> class logits (B, n_classes) float32."""
+        h, _ = self.gpt.hidden_states(tokens, deterministic)  # (B, T, C)
+        last = h[jnp.arange(h.shape[0]), lengths - 1].astype(jnp.float32)  # (B, C)
+        return self.head(last)  # (B, n_classes)
+
+
 def count_params(params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
 
 
+def init_boxed(module: nn.Module, key: jax.Array):
+    """Random initial parameters of a GPT or a GPTClassifier, each weight boxed with its logical axes
+    (`nn.LogicallyPartitioned`); dummy inputs fix the shapes. `nn.unbox` gives the plain arrays."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    extra = (jnp.ones((1,), jnp.int32),) if isinstance(module, GPTClassifier) else ()
+    return module.init(key, tokens, *extra)["params"]
+
+
 def init_params(config: ModelConfig, key: jax.Array):
-    """Random GPT-2 initialisation; a dummy (1, 1) token batch fixes the shapes."""
-    return GPT(config).init(key, jnp.zeros((1, 1), jnp.int32))["params"]
+    """Random GPT-2 initialisation (plain arrays)."""
+    return nn.unbox(init_boxed(GPT(config), key))

@@ -1,4 +1,5 @@
-"""The Optax optimiser: AdamW with weight decay on matrices only, warmup then cosine decay, clipping."""
+"""The Optax optimiser: AdamW with weight decay on matrices only, warmup then cosine decay (or a constant
+rate), clipping. It is built for whatever tree trains: all weights, or a finetune's trainable part."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from jaxgpt.config import TrainConfig
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
-    """Linear warmup from 0 to learning_rate, then cosine decay to min_lr, then constant at min_lr."""
+    """Linear warmup from 0 to learning_rate, then cosine decay to min_lr and constant at min_lr; or, with
+    lr_schedule="constant", constant at learning_rate after the warmup."""
+    if cfg.lr_schedule == "constant":
+        return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1)),
+                                     optax.constant_schedule(cfg.learning_rate)], [cfg.warmup_steps])
     decay = (cfg.decay_steps or cfg.max_steps)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,

@@ -8,10 +8,10 @@ every accelerator of a host or a multi-host pod. The mesh has three named axes (
   gathered layer by layer when needed, so a model larger than one device's memory still trains.
 - `tensor`: tensor parallelism; each layer's matmuls are split over it.
 
-A batch is split over data x fsdp. Weights are sharded by *logical* axis names (vocab, embed, heads, mlp),
-given below for each GPT-2 parameter and mapped onto mesh axes by `mesh.rules`; the model's code knows
-nothing of this, and XLA's sharding propagation inserts the collectives. A dimension that its mesh axes do
-not divide evenly stays whole.
+A batch is split over data x fsdp. Each weight declares *logical* axes where the model creates it (vocab,
+embed, heads, mlp; see jaxgpt/model.py); `mesh.rules` maps them onto mesh axes, and the residual stream's
+`batch` axis goes to data x fsdp. XLA's sharding propagation inserts the collectives. A dimension that its
+mesh axes do not divide evenly stays whole.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import numpy as np
+from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxgpt.config import MESH_AXES, MeshConfig, parse_rules
@@ -28,18 +30,7 @@ from jaxgpt.errors import UserError
 
 BATCH_AXES = ("data", "fsdp")  # FSDP is data parallelism for activations: both split the batch
 
-# Logical axes of every GPT-2 weight, keyed by the end of its path (Hugging Face names). The optimizer's
-# moments have the same paths inside the state, so they are laid out like their weights.
-PARAM_AXES: dict[tuple[str, ...], tuple[str | None, ...]] = {
-    ("wte", "embedding"): ("vocab", "embed"),  # (V, C), also the tied output head
-    ("wpe", "embedding"): (None, "embed"),  # (block_size, C)
-    ("attn", "c_attn", "kernel"): ("embed", "heads"),  # (C, 3C): q, k, v of every head
-    ("attn", "c_attn", "bias"): ("heads",),
-    ("attn", "c_proj", "kernel"): ("heads", "embed"),  # (C, C)
-    ("mlp", "c_fc", "kernel"): ("embed", "mlp"),  # (C, 4C)
-    ("mlp", "c_fc", "bias"): ("mlp",),
-    ("mlp", "c_proj", "kernel"): ("mlp", "embed"),  # (4C, C)
-}  # LayerNorms and the remaining biases are small and stay replicated
+Axes = dict[tuple[str, ...], tuple[str | None, ...]]  # parameter path -> one logical axis name per dimension
 
 
 def mesh_shape(config: MeshConfig, n_devices: int) -> tuple[int, ...]:
@@ -73,23 +64,30 @@ def _path_names(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def logical_axes(path: tuple[str, ...]) -> tuple[str | None, ...] | None:
-    """The logical axes of the weight at `path` (names from the root), or None if it has none."""
-    for suffix, axes in PARAM_AXES.items():
-        if path[-len(suffix):] == suffix:
-            return axes
+def param_axes(boxed: Any) -> Axes:
+    """The logical axes every weight of a boxed parameter tree (`model.init_boxed`) declares, by path;
+    weights that declare none (LayerNorms) are left out and stay replicated."""
+    flat = traverse_util.flatten_dict(boxed, is_leaf=lambda _, x: isinstance(x, nn.LogicallyPartitioned))
+    return {path: tuple(box.names) for path, box in flat.items() if isinstance(box, nn.LogicallyPartitioned)}
+
+
+def axes_of(path: tuple[str, ...], axes: Axes) -> tuple[str | None, ...] | None:
+    """The logical axes of the array at `path` in any tree that holds parameters: a parameter's own path,
+    or one that ends with it (the optimizer's moments of that parameter inside a train state)."""
+    for i in range(len(path)):
+        if path[i:] in axes:
+            return axes[path[i:]]
     return None
 
 
-def spec_for(path: tuple[str, ...], shape: tuple[int, ...], mesh: jax.sharding.Mesh,
+def spec_for(names: tuple[str | None, ...] | None, shape: tuple[int, ...], mesh: jax.sharding.Mesh,
              rules: dict[str, str | None]) -> P:
-    """The PartitionSpec of one array of the state: its logical axes through `rules`, keeping whole any
+    """The PartitionSpec of one array with logical axes `names` through `rules`, keeping whole any
     dimension that its mesh axis does not divide (and any mesh axis of size 1)."""
-    axes = logical_axes(path)
-    if axes is None or len(axes) != len(shape):
+    if names is None or len(names) != len(shape):
         return P()
     spec, used = [], set()
-    for dim, name in zip(shape, axes):
+    for dim, name in zip(shape, names):
         axis = rules.get(name) if name else None
         size = mesh.shape[axis] if axis else 1
         if axis is None or axis in used or size == 1 or dim % size:
@@ -100,14 +98,28 @@ def spec_for(path: tuple[str, ...], shape: tuple[int, ...], mesh: jax.sharding.M
     return P(*spec)
 
 
-def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh, rules: str) -> Any:
-    """NamedShardings for every array of a (params, optimizer state, ...) pytree of shapes."""
+def tree_shardings(abstract: Any, axes: Axes, mesh: jax.sharding.Mesh, rules: str) -> Any:
+    """NamedShardings for every array of a pytree of shapes (params, a train state, frozen weights)."""
     table = parse_rules(rules)
 
     def one(path, leaf):
-        return NamedSharding(mesh, spec_for(_path_names(path), tuple(leaf.shape), mesh, table))
+        return NamedSharding(mesh, spec_for(axes_of(_path_names(path), axes), tuple(leaf.shape), mesh, table))
 
-    return jax.tree_util.tree_map_with_path(one, abstract_state)
+    return jax.tree_util.tree_map_with_path(one, abstract)
+
+
+def activation_rules(mesh: jax.sharding.Mesh, rules: str) -> Callable[[Callable], Callable]:
+    """A decorator: the function, while traced, sees `mesh` and the logical rules, so the model's
+    `nn.with_logical_constraint`s pin its activations (the residual stream's `batch` over data x fsdp)."""
+    pairs = (("batch", BATCH_AXES), *parse_rules(rules).items())
+
+    def wrap(fn: Callable) -> Callable:
+        def traced(*args, **kwargs):
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(pairs):
+                return fn(*args, **kwargs)
+        return traced
+
+    return wrap
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -135,50 +147,19 @@ def check_batch(mesh: jax.sharding.Mesh, micro_batch: int) -> None:
                         f"divisible by the {n} batch shards (mesh.data x mesh.fsdp); change train.batch_size")
 
 
-def assemble(shape: tuple[int, ...], sharding: NamedSharding, read: Callable[[tuple], tuple[np.ndarray, ...]],
-             count: int) -> tuple[jax.Array, ...]:
-    """`count` global arrays of `shape` laid out by `sharding`, built from `read(index)`, which returns the
-    host data of one index (a tuple of slices) for each of them. Only this process's devices are asked for,
-    so each process reads only its own part; an index shared by several local devices is read once."""
-    pieces: dict[str, tuple[np.ndarray, ...]] = {}
+def put_batch(arrays: tuple, sharding: NamedSharding) -> tuple[jax.Array, ...]:
+    """Global arrays laid out by `sharding` from host arrays, or from anything with a `shape` whose
+    `[index]` reads that part (a batch of windows left on disk). Only this process's devices are asked
+    for, so each process reads only its own rows; a part shared by several local devices is read once."""
+    def put(array):
+        pieces: dict[str, np.ndarray] = {}
 
-    def piece(i: int):
         def get(index):
             key = repr(index)
             if key not in pieces:
-                pieces[key] = read(index)
-            return pieces[key][i]
-        return get
+                pieces[key] = np.asarray(array[index])
+            return pieces[key]
 
-    return tuple(jax.make_array_from_callback(shape, sharding, piece(i)) for i in range(count))
+        return jax.make_array_from_callback(tuple(array.shape), sharding, get)
 
-
-def constrain_activations(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
-    """`fn` with the residual stream (the token embeddings and each Block's output, (B, T, C)) split over
-    the batch axes and whole in C. Left to itself, XLA's propagation carries the weights' layout into the
-    activations (C split over fsdp, from the embedding table) and then gathers weights and activations
-    back and forth, or replicates whole tensors; pinned, each FSDP layer is one all-gather of its weights.
-    The model's code is unchanged: the constraint is applied by intercepting module calls while `fn` is
-    traced."""
-    import flax.linen as nn
-
-    from jaxgpt.model import Block
-
-    residual = NamedSharding(mesh, P(BATCH_AXES))
-
-    def interceptor(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name != "__call__":
-            return out
-        if isinstance(context.module, Block):
-            x, cache = out
-            return jax.lax.with_sharding_constraint(x, residual), cache
-        if isinstance(context.module, nn.Embed) and out.ndim == 3:  # token embeddings (B, T, C)
-            return jax.lax.with_sharding_constraint(out, residual)
-        return out
-
-    def wrapped(*args, **kwargs):
-        with nn.intercept_methods(interceptor):
-            return fn(*args, **kwargs)
-
-    return wrapped
+    return tuple(put(a) for a in arrays)

@@ -122,6 +122,11 @@ class GPT2Tokenizer:
         """Args: text, where "<|endoftext|>" becomes the single id 50256. Returns: token ids."""
         return self._enc.encode(text, allowed_special={ENDOFTEXT})
 
+    def encode_document(self, text: str) -> list[int]:
+        """A corpus document as GPT-2 and nanoGPT train on it: <|endoftext|>, then its tokens (a literal
+        "<|endoftext|>" inside the text is plain text here)."""
+        return [self.eot_id, *self._enc.encode_ordinary(text)]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Args: ids, any iterable of ints (numpy arrays too). Returns: the text."""
         return self._enc.decode(_to_ids(ids, self.vocab_size))
@@ -165,6 +170,10 @@ class CharTokenizer:
         """Args: ids, any iterable of ints (numpy arrays too). Returns: the text."""
         return "".join(self.chars[i] for i in _to_ids(ids, self.vocab_size))
 
+    def encode_document(self, text: str) -> list[int]:
+        """A corpus document followed by a blank line: characters have no end-of-text token."""
+        return self.encode(text + "\n\n")
+
     def meta(self) -> dict:
         """Returns: a JSON-serialisable dict that `tokenizer_from_meta` turns back into this tokenizer."""
         return {"kind": "char", "chars": self.chars}
@@ -203,6 +212,10 @@ class SimpleTokenizer:
         """Args: text. Returns: one id per word or punctuation mark; unknown words map to <|unk|>."""
         return [self._stoi.get(w, self._unk_id) for w in self._split(text)]
 
+    def encode_document(self, text: str) -> list[int]:
+        """A corpus document: <|endoftext|>, then its words."""
+        return [self.eot_id, *self.encode(text)]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Args: ids, any iterable of ints (numpy arrays too). Returns: words joined by single spaces."""
         text = " ".join(self.vocab[i] for i in _to_ids(ids, self.vocab_size))
@@ -213,7 +226,7 @@ class SimpleTokenizer:
         return {"kind": "simple", "vocab": list(self.vocab)}
 
 
-Tokenizer = GPT2Tokenizer | CharTokenizer | SimpleTokenizer
+Tokenizer = GPT2Tokenizer | CharTokenizer | SimpleTokenizer  # or a trained jaxgpt.bpe.BPETokenizer
 
 
 def tokenizer_from_meta(meta: dict) -> Tokenizer:
@@ -225,8 +238,12 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
         return CharTokenizer(meta["chars"])
     if kind == "simple" and "vocab" in meta:
         return SimpleTokenizer(meta["vocab"])
-    raise UserError(f"malformed tokenizer meta {str(meta)[:80]!r}; expected a dict with 'kind' in {KINDS} "
-                    "and its fields, as written by tokenizer.meta()")
+    if kind == "bpe" and isinstance(meta.get("tokenizer"), str):
+        from jaxgpt.bpe import BPETokenizer
+
+        return BPETokenizer(meta["tokenizer"])
+    raise UserError(f"malformed tokenizer meta {str(meta)[:80]!r}; expected a dict with 'kind' in "
+                    f"{KINDS + ('bpe',)} and its fields, as written by tokenizer.meta()")
 
 
 def unknown_characters(tokenizer: Tokenizer, texts: Iterable[str]) -> list[str]:
@@ -244,14 +261,20 @@ def describe_characters(chars: list[str], limit: int = 8) -> str:
 
 
 def get_tokenizer(kind: str, text: str | None = None) -> Tokenizer:
-    """Args: kind, one of "gpt2", "char", "simple"; text, the corpus for char/simple vocabularies.
+    """Args: kind, one of "gpt2", "char", "simple", or a folder holding a BPE from `jaxgpt tokenizer train`;
+    text, the corpus for char/simple vocabularies.
 
-    Returns: the tokenizer; "gpt2" ignores `text`.
+    Returns: the tokenizer; "gpt2" and a trained BPE ignore `text`.
     """
     if kind == "gpt2":
         return GPT2Tokenizer()
     if kind not in KINDS:
-        raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}")
+        from jaxgpt.bpe import is_bpe_folder, load_bpe
+
+        if is_bpe_folder(kind):
+            return load_bpe(kind)
+        raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}, or a folder with the "
+                        "tokenizer.json of `jaxgpt tokenizer train`")
     if not text:
         raise UserError(f"the {kind!r} tokenizer builds its vocabulary from text; pass the training text")
     return CharTokenizer.from_text(text) if kind == "char" else SimpleTokenizer.from_text(text)

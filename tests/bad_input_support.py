@@ -78,9 +78,10 @@ class Env:
         return ["--config", TINY_RECIPE, f"--data.source={source}", f"--train.out_dir={self.tmp / 'run'}",
                 f"--data.cache_dir={self.tmp / 'data'}", "--train.progress=false", *extra]
 
-    def finetune(self, task: str, *extra, model=None) -> list[str]:
-        """Arguments for `jaxgpt finetune TASK` from `model` (default: the GPT-2-vocabulary model) into tmp_path."""
-        return ["finetune", task, "--init-from", str(model or self.base.bpe), "--out-dir", str(self.tmp / "out"),
+    def finetune(self, task: str, *extra, model=None, out=None) -> list[str]:
+        """Arguments for `jaxgpt finetune TASK` from `model` (default: the GPT-2-vocabulary model) into `out`
+        (default: tmp_path/out)."""
+        return ["finetune", task, "--init-from", str(model or self.base.bpe), "--out-dir", str(out or self.tmp / "out"),
                 *extra]
 
     def run_copy(self) -> Path:

@@ -47,6 +47,44 @@ def tiny_config(tmp_path, corpus) -> Config:
     )
 
 
+def save_bpe_model(path, block_size: int = 64, n_layer: int = 2, n_embd: int = 32, n_head: int = 2):
+    """A tiny GPT with GPT-2's vocabulary (random weights) saved as a jaxgpt model directory."""
+    from jaxgpt import checkpoint
+    from jaxgpt.model import init_params
+    from jaxgpt.tokenizer import GPT2Tokenizer
+
+    cfg = ModelConfig(vocab_size=50257, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    checkpoint.save_model(path, Config(model=cfg, data=DataConfig(tokenizer="gpt2")),
+                          init_params(cfg, jax.random.key(0)), GPT2Tokenizer().meta(), {})
+    return path
+
+
+def last_logged_step(run_dir) -> int:
+    """The step of the last complete metrics.jsonl record (the last line may be half written)."""
+    import json
+
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[-2])["step"] if len(lines) > 1 else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def sigkill_at(command, run_dir, step: int, cwd, env, timeout: float = 240):
+    """Start `command`, kill it with SIGKILL once `run_dir` has logged `step`; returns its exit status."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while last_logged_step(run_dir) < step and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    return proc.returncode
+
+
 @pytest.fixture
 def fixtures_dir():
     """Committed test inputs (see tests/fixtures/*.py for how each was made)."""

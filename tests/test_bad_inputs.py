@@ -133,7 +133,7 @@ CASES = [
                     str(e.tmp / "data")], "val_fraction must be strictly between 0 and 1"),
     Case("prepare-unknown-tokenizer", "jaxgpt",
          lambda e: ["prepare", "--source", str(e.base.corpus), "--tokenizer", "bpe", "--cache-dir",
-                    str(e.tmp / "data")], "argument --tokenizer: invalid choice: 'bpe'"),
+                    str(e.tmp / "data")], "unknown tokenizer 'bpe'"),
     Case("prepare-too-short", "jaxgpt",
          lambda e: ["prepare", "--source", str(e.file("one.txt", "x")), "--cache-dir", str(e.tmp / "data")],
          "too few to split"),
@@ -184,10 +184,13 @@ def test_bad_input(case: Case, base, tmp_path, capfd):
 def test_the_table_covers_every_command():
     from test_bad_inputs_tools import CASES as TOOL_CASES
 
+    from jaxgpt.cli import RECIPES, build_parser
+
     commands = {c.id.split("-")[0] if c.id.split("-")[0] != "finetune" else "-".join(c.id.split("-")[:2])
                 for c in CASES + TOOL_CASES}
-    assert commands == {"train", "prepare", "sample", "convert", "finetune-classify", "finetune-instruct",
-                        "classify", "chat"}
+    sub = next(a for a in build_parser()._actions if a.dest == "command")  # every command of the CLI
+    expected = {name for name in sub.choices if name != "finetune"} | {f"finetune-{r}" for r in RECIPES}
+    assert commands == expected
     assert len(CASES + TOOL_CASES) >= 30
 
 

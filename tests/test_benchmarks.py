@@ -43,8 +43,8 @@ def test_finetune_benchmark_runs_quickly_from_a_tiny_base(tmp_path):
                           "--out", str(tmp_path / "out")],
                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
-    rows = [line for line in res.stdout.splitlines() if line.startswith("| classify") or line.startswith("| instruct")]
-    assert len(rows) == 4 and "exact match by kind" in res.stdout, res.stdout
+    rows = [line for line in res.stdout.splitlines() if line.startswith(("| classify", "| instruct", "| dpo"))]
+    assert len(rows) == 5 and "exact match by kind" in res.stdout, res.stdout
 
 
 def test_scaling_benchmark_runs_on_fake_devices():

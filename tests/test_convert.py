@@ -13,7 +13,8 @@ from jaxgpt import convert
 from jaxgpt.cli import main
 from jaxgpt.model import GPT
 from jaxgpt.sampling import generate
-from jaxgpt.steps import loss_fn
+from jaxgpt.loader import load_pretrained, read_tokenizer_meta
+from jaxgpt.loss import mean_loss
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,12 @@ def _batch(vocab: int, B: int, T: int, seed: int = 0):
 @pytest.mark.parametrize("which", ["tiny_hf", "small_hf"])
 def test_logits_loss_and_gradients_match_transformers(which, request):
     model, path = request.getfixturevalue(which)
-    cfg, params = convert.load_pretrained(path)
+    cfg, params = load_pretrained(path)
     x, y = _batch(cfg.vocab_size, 2, 48)
 
     np.testing.assert_allclose(jax_logits(cfg, params, x), hf_logits(model, x), rtol=0, atol=1e-4)
 
-    loss, grads = jax.value_and_grad(loss_fn)(params, GPT(cfg), x, y)
+    loss, grads = jax.value_and_grad(lambda p: mean_loss(GPT(cfg), p, x, y))(params)
     ref_loss, ref_grads = hf_named_grads(model, x, y)
     assert abs(float(loss) - ref_loss) < 1e-5
     assert set(ref_grads) == set(convert.name_table(cfg))
@@ -70,7 +71,7 @@ def test_the_name_table_covers_every_parameter_of_all_four_sizes(preset):
 
 def test_greedy_generation_matches_transformers(tiny_hf):
     model, path = tiny_hf
-    cfg, params = convert.load_pretrained(path)
+    cfg, params = load_pretrained(path)
     prompt = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 8))
     ours = generate(GPT(cfg), params, prompt, 40, key=jax.random.key(0), temperature=0.0)
     import torch
@@ -100,7 +101,7 @@ def test_openai_tensorflow_fixture_matches_the_same_weights_through_hf(fixtures_
     """The TF checkpoint (written by TensorFlow in OpenAI's layout) and the same weights placed into a
     transformers model by name give the same logits."""
     src = fixtures_dir / "openai_tf"
-    cfg, params = convert.load_pretrained(src)
+    cfg, params = load_pretrained(src)
     hparams = json.loads((src / "hparams.json").read_text())
     assert (cfg.n_layer, cfg.n_embd, cfg.vocab_size) == (hparams["n_layer"], hparams["n_embd"], hparams["n_vocab"])
     import torch
@@ -114,7 +115,7 @@ def test_openai_tensorflow_fixture_matches_the_same_weights_through_hf(fixtures_
             state["transformer." + name].copy_(torch.from_numpy(weights[convert._tf_name(name)].squeeze(0)
                                                                 if convert._is_conv(name) else weights[convert._tf_name(name)]))
     model.save_pretrained(tmp_path / "hf")
-    _, hf_params = convert.load_pretrained(tmp_path / "hf")
+    _, hf_params = load_pretrained(tmp_path / "hf")
     x, _ = _batch(cfg.vocab_size, 2, hparams["n_ctx"])
     np.testing.assert_array_equal(jax_logits(cfg, params, x), jax_logits(cfg, hf_params, x))
     np.testing.assert_allclose(jax_logits(cfg, params, x), hf_logits(model, x), rtol=0, atol=1e-4)
@@ -122,7 +123,7 @@ def test_openai_tensorflow_fixture_matches_the_same_weights_through_hf(fixtures_
 
 def test_pytorch_bin_and_sharded_safetensors_read_the_same_weights(tiny_hf, tmp_path):
     model, path = tiny_hf
-    _, ref = convert.load_pretrained(path)
+    _, ref = load_pretrained(path)
     import torch
 
     # transformers 5 no longer writes pytorch_model.bin; it was torch.save of the state dict.
@@ -132,20 +133,20 @@ def test_pytorch_bin_and_sharded_safetensors_read_the_same_weights(tiny_hf, tmp_
     model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     for variant in ("bin", "sharded"):
-        _, params = convert.load_pretrained(tmp_path / variant)
+        _, params = load_pretrained(tmp_path / variant)
         assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), params, ref)), variant
 
 
 def test_export_of_a_trained_run_reproduces_its_logits(tiny_config, tmp_path):
-    from jaxgpt.checkpoint import load_model
+    from jaxgpt.loader import load
     from jaxgpt.trainer import train
 
     train(tiny_config)
     run = tiny_config.train.out_dir
     assert main(["convert", run, str(tmp_path / "hf")]) == 0
-    cfg, params, tok_meta, _ = load_model(run)
-    x, _ = _batch(cfg.model.vocab_size, 2, cfg.model.block_size)
+    model = load(run)
+    x, _ = _batch(model.config.vocab_size, 2, model.config.block_size)
     reloaded = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
-    np.testing.assert_allclose(hf_logits(reloaded, x), jax_logits(cfg.model, params, x), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(hf_logits(reloaded, x), jax_logits(model.config, model.params, x), rtol=0, atol=1e-4)
     # The char tokenizer travels with the export and comes back on the way in.
-    assert convert.read_tokenizer_meta(tmp_path / "hf") == tok_meta
+    assert read_tokenizer_meta(tmp_path / "hf") == model.tokenizer_meta

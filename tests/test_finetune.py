@@ -4,18 +4,21 @@ the Alpaca template, trainable parts and LoRA's optimizer state, and the command
 import dataclasses
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import save_bpe_model
 
-from jaxgpt import checkpoint
+from jaxgpt import checkpoint, loss
 from jaxgpt.cli import main
-from jaxgpt.config import Config, DataConfig, ModelConfig
+from jaxgpt.config import Config, ModelConfig, TrainConfig
+from jaxgpt.engine import Engine
 from jaxgpt.errors import UserError
 from jaxgpt.finetune import classify, common, instruct
-from jaxgpt.model import GPT, init_params
-from jaxgpt.tokenizer import GPT2Tokenizer
+from jaxgpt.loader import load_pretrained
+from jaxgpt.model import GPTClassifier, init_params
 
 EOT = 50256
 
@@ -48,14 +51,16 @@ def test_classifier_reads_the_last_real_token_whatever_the_padding():
     cfg = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
     params = {"gpt": init_params(cfg, jax.random.key(0)),
               "head": {"kernel": jax.random.normal(jax.random.key(1), (32, 3)), "bias": jnp.zeros(3)}}
-    model = common.Model(GPT(cfg))
+    model = GPTClassifier(cfg, 3)
+    assert jax.tree.structure(params) == jax.tree.structure(nn.unbox(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32), jnp.ones(1, jnp.int32))["params"])))
     tokens = np.array([[5, 6, 7, 0, 0, 0], [5, 6, 7, 9, 9, 9]], np.int32)
     lengths = np.array([3, 3], np.int32)
-    logits = classify.logits_fn(model, params, {}, tokens, lengths)
+    logits = model.apply({"params": params}, tokens, lengths)
     np.testing.assert_allclose(logits[0], logits[1], atol=1e-6)  # padding differs, the answer does not
-    short = classify.logits_fn(model, params, {}, tokens[:, :3], lengths)
+    short = model.apply({"params": params}, tokens[:, :3], lengths)
     np.testing.assert_allclose(logits, short, atol=1e-5)
-    other = classify.logits_fn(model, params, {}, tokens, np.array([4, 4], np.int32))
+    other = model.apply({"params": params}, tokens, np.array([4, 4], np.int32))
     assert not np.allclose(other[0], other[1])  # now the 4th token (0 vs 9) is read
 
 
@@ -106,33 +111,38 @@ def test_read_instructions_bad_inputs(tmp_path):
 @pytest.fixture(scope="module")
 def bpe_base(tmp_path_factory):
     """A tiny GPT with GPT-2's vocabulary saved as a jaxgpt model directory."""
-    path = tmp_path_factory.mktemp("base") / "model"
-    cfg = ModelConfig(vocab_size=50257, block_size=128, n_layer=2, n_head=2, n_embd=32)
-    checkpoint.save_model(path, Config(model=cfg, data=DataConfig(tokenizer="gpt2")),
-                          init_params(cfg, jax.random.key(0)), GPT2Tokenizer().meta(), {})
-    return path
+    return save_bpe_model(tmp_path_factory.mktemp("base") / "model", block_size=128)
 
 
-def _opt_leaves(steps):
-    return [x for x in jax.tree.leaves(steps.state.opt_state) if getattr(x, "ndim", 0) > 0]
+def _opt_leaves(state):
+    return [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "ndim", 0) > 0]
 
 
 @pytest.mark.parametrize("trainable", ["head", "last_blocks", "lora"])
 def test_only_the_chosen_parts_train_and_reach_the_optimizer(bpe_base, trainable):
     cfg = classify.ClassifyConfig(init_from=str(bpe_base), trainable=trainable, lora_rank=2)
-    model_cfg, gpt, _ = common.load_base(cfg)
-    head = {"kernel": jnp.zeros((32, 2)), "bias": jnp.zeros(2)}
-    model, train_part, frozen = common.split_params(cfg, model_cfg, {"gpt": gpt, "head": head})
-    steps = common.Steps(classify._batch_loss(model), cfg, train_part, frozen)
-    sizes = sum(x.size for x in jax.tree.leaves(train_part))
+    model_cfg, gpt = load_pretrained(bpe_base)
+    model = GPTClassifier(model_cfg, 2)
+    run = Config(model=model_cfg, train=TrainConfig(batch_size=8, warmup_steps=0, lr_schedule="constant"))
+    engine = Engine(run, model, loss.classifier(model, common.parts(cfg).lora), common.parts(cfg))
+    state, frozen = engine.start({"gpt": gpt})
+    sizes = sum(x.size for x in jax.tree.leaves(state.params))
     # Adam's two moments per trainable number, and nothing of the frozen weights.
-    assert sum(x.size for x in _opt_leaves(steps)) == 2 * sizes
+    assert sum(x.size for x in _opt_leaves(state)) == 2 * sizes
     if trainable == "lora":
-        assert set(train_part) == {"head", "lora"} and sizes < 0.01 * sum(x.size for x in jax.tree.leaves(gpt))
-    batch = (np.ones((8, 5), np.int32), np.full(8, 5, np.int32), np.arange(8) % 2, np.ones(8, np.float32))
-    before = jax.tree.map(np.asarray, steps.frozen)
-    steps.train(batch)
-    assert jax.tree.all(jax.tree.map(np.array_equal, before, jax.tree.map(np.asarray, steps.frozen)))
+        assert set(state.params) == {"head", "lora"} and sizes < 0.01 * sum(x.size for x in jax.tree.leaves(gpt))
+        jax.tree.map(np.testing.assert_array_equal, frozen["gpt"], gpt)  # the base weights, unchanged
+    elif trainable == "head":
+        assert set(state.params) == {"head"}
+    else:
+        assert set(state.params["gpt"]) == {"h_1", "ln_f"}  # the last block (of 2) and the final LayerNorm
+    batch = (np.ones((1, 8, 5), np.int32), np.full((1, 8), 5, np.int32), np.arange(8)[None] % 2,
+             np.ones((1, 8), np.float32))
+    before, trained = jax.tree.map(np.asarray, frozen), jax.tree.map(np.asarray, state.params)
+    new, metrics = engine.train_step(state, engine.put(batch), frozen)  # the state is donated
+    assert jax.tree.all(jax.tree.map(np.array_equal, before, jax.tree.map(np.asarray, frozen)))
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), trained, jax.tree.map(np.asarray, new.params))
+    assert any(jax.tree.leaves(changed)) and np.isfinite(float(metrics["loss"]))
 
 
 def test_finetune_classify_end_to_end(bpe_base, tmp_path, capsys):
@@ -147,7 +157,8 @@ def test_finetune_classify_end_to_end(bpe_base, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["test_accuracy"] >= 0.9 > results["majority_baseline"] - 0.5
     assert np.sum(results["confusion_matrix"]) == results["examples"]["test"] == 16
-    assert {"loss.png", "accuracy.png", "metrics.jsonl", "classifier.json"} <= {p.name for p in out.iterdir()}
+    assert {"loss.png", "accuracy.png", "metrics.jsonl", "task.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "task.json").read_text())["labels"] == ["ham", "spam"]
     assert main(["classify", "--ckpt", str(out), "win a free prize now", "see you at lunch"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()[-2:]
     assert [l.split("\t")[0] for l in lines] == ["spam", "ham"]
@@ -167,10 +178,11 @@ def test_finetune_instruct_end_to_end(bpe_base, tmp_path, capsys):
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["examples"] == {"train": 34, "val": 2, "test": 4}
-    responses = json.loads((tmp_path / "data-responses.json").read_text())
+    responses = json.loads((out / "test_responses.json").read_text())
     assert len(responses) == 4 and all("model_response" in r for r in responses)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "inst"]  # nothing beside the input
+    assert main(args) == 2 and "holds a finished finetune" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
-    assert (tmp_path / "data-responses-1.json").is_file()  # the first responses file is kept
     assert main(["chat", str(out), "Say the word.", "--input", "cat", "--max-new-tokens", "3"]) == 0
 
 
@@ -186,7 +198,7 @@ def test_embedded_classification_task_with_a_character_model(tmp_path):
     assert sorted({label for label, _ in examples}) == ["comedy", "tragedy"] and len(examples) == 60
     assert all(80 <= len(text) <= 240 and ":\n" not in text for _, text in examples)
     results = classify.finetune(classify.ClassifyConfig(init_from=str(tmp_path / "char"), per_class=30, epochs=1,
-                                                        out_dir=str(tmp_path / "out")), log=lambda s: None)
+                                                        out_dir=str(tmp_path / "out"), progress=False))
     assert results["max_length"] == 64 and results["truncated"]["train"] > 0  # passages are cut to the context
     assert results["examples"] == {"train": 42, "val": 6, "test": 12}
     with pytest.raises(UserError, match="no <|endoftext|>"):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from hf_reference import random_hf_model
 
-from jaxgpt import convert
+from jaxgpt import convert, loss
 from jaxgpt.config import apply_overrides, load_config_file
 from jaxgpt.errors import UserError
 from jaxgpt.model import GPT
-from jaxgpt.steps import loss_fn
+from jaxgpt.loader import load_pretrained
 from jaxgpt.trainer import Trainer
 
 GPT2_VOCAB_TINY = dict(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
@@ -46,10 +46,13 @@ def test_training_starts_from_the_pretrained_weights(pretrained, tiny_config, tm
     first = json.loads((tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()[0])
 
     # The first step's loss is the pretrained model's loss on that batch, with its positions cut to 32.
-    cfg, params = convert.load_pretrained(pretrained / "hf")
+    cfg, params = load_pretrained(pretrained / "hf")
     params = {**params, "wpe": {"embedding": params["wpe"]["embedding"][:32]}}
-    x, y = (np.asarray(a).reshape(-1, 32) for a in trainer.batch(0))
-    expected = loss_fn(params, GPT(dataclasses.replace(cfg, block_size=32)), x, y)
+    (windows,) = trainer.task.batch(0)
+    x = np.asarray(windows[:, :, :]).reshape(-1, 33)  # (B, T + 1)
+    cross = dataclasses.replace(cfg, block_size=32)
+    total, sums = loss.language_model(GPT(cross))(params, {}, (x[:, :-1], x[:, 1:]), None)
+    expected = total / sums["count"]
     assert abs(first["loss"] - float(expected)) < 1e-5
     saved = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert saved["model"]["n_layer"] == 2 and saved["train"]["init_from"] == str(pretrained / kind)

@@ -9,15 +9,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
+from conftest import last_logged_step, sigkill_at
 
-from jaxgpt import checkpoint, steps
+from jaxgpt import checkpoint, loss, steps
 from jaxgpt.errors import UserError
-from jaxgpt.trainer import Trainer, train
+from jaxgpt.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARED = ("loss", "grad_norm", "train_loss", "val_loss")
@@ -35,14 +35,6 @@ def _command(run_dir, tiny_config, tmp_path, steps_=200):
             "--train.sample_tokens=1", "--train.progress=false", "--model.dropout=0.1"]
 
 
-def _last_step(run_dir):
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return json.loads(lines[-2])["step"] if len(lines) > 1 else 0  # the last line may be half written
-    except (OSError, json.JSONDecodeError):
-        return 0
-
-
 def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(tiny_config, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     full = tmp_path / "full"
@@ -51,15 +43,9 @@ def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(tiny_
 
     killed = tmp_path / "killed"
     target = random.Random().randint(6, 150)  # any step after the first checkpoint (step 5)
-    proc = subprocess.Popen(_command(killed, tiny_config, tmp_path), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while _last_step(killed) < target and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before step {target}"
-    assert _last_step(killed) < 200
+    code = sigkill_at(_command(killed, tiny_config, tmp_path), killed, target, ROOT, env, timeout=120)
+    assert code == -signal.SIGKILL, f"the run ended before step {target}"
+    assert last_logged_step(killed) < 200
 
     res = subprocess.run(_command(killed, tiny_config, tmp_path), cwd=ROOT, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -96,9 +82,9 @@ def test_a_non_finite_update_is_not_applied_and_is_counted(tiny_config):
     params = init_params(tiny_config.model, jax.random.key(0))
     params["ln_f"]["scale"] = params["ln_f"]["scale"].at[0].set(jnp.nan)
     state = steps.TrainState.create(params, tx)
-    step = jax.jit(functools.partial(steps.train_step, model=GPT(tiny_config.model), tx=tx))
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=loss.language_model(GPT(tiny_config.model)), tx=tx))
     x = jnp.ones((1, 2, 8), jnp.int32)
-    new, m = step(state, (x, x))
+    new, m = step(state, (x, x), {})
     assert int(new.step) == 1 and int(new.skipped) == 1 and int(new.first_skipped) == 1
     same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b, equal_nan=True)), (new.params, new.opt_state),
                         (state.params, state.opt_state))
@@ -108,13 +94,18 @@ def test_a_non_finite_update_is_not_applied_and_is_counted(tiny_config):
 def _nan_on_some_batches(monkeypatch):
     """Make the training loss NaN on about one batch in five (decided by the batch's tokens, so the same
     steps every time); evaluation, which runs without a dropout key, is left alone."""
-    original = steps.loss_fn
+    original = loss.language_model
 
-    def loss_fn(params, model, x, y, dropout_key=None):
-        loss = original(params, model, x, y, dropout_key)
-        return loss if dropout_key is None else jnp.where(jnp.sum(x) % 5 == 0, jnp.nan, loss)
+    def language_model(model, lora=None):
+        inner = original(model, lora)
 
-    monkeypatch.setattr(steps, "loss_fn", loss_fn)
+        def loss_fn(trainable, frozen, batch, rng):
+            total, sums = inner(trainable, frozen, batch, rng)
+            bad = jnp.where(jnp.sum(batch[0]) % 5 == 0, jnp.nan, 0.0)
+            return (total, sums) if rng is None else (total + bad, {**sums, "loss": sums["loss"] + bad})
+        return loss_fn
+
+    monkeypatch.setattr(loss, "language_model", language_model)
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, monkeypatch):

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxgpt import checkpoint
+from jaxgpt import checkpoint, loss
 from jaxgpt.config import MeshConfig
 from jaxgpt.errors import UserError
+from jaxgpt.loader import load, load_pretrained
 from jaxgpt.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +72,7 @@ def test_losses_match_one_device_and_weights_are_sharded(one_device, mesh, tmp_p
     base, ref = one_device
     cfg = _cfg(base, mesh, out_dir=str(tmp_path / "run"))
     trainer = Trainer(cfg)
-    state = trainer._init(jax.random.key(0))
+    state, _ = trainer.engine.start()
     kernel = state.params["h_0"]["mlp"]["c_fc"]["kernel"]  # (C, 4C): embed -> fsdp, mlp -> tensor
     C = cfg.model.n_embd
     expect = P("fsdp" if mesh.fsdp > 1 else None, "tensor" if mesh.tensor > 1 else None)
@@ -100,17 +101,17 @@ def test_checkpoint_restores_onto_other_meshes(one_device, tmp_path):
                           (2, MeshConfig(data=1, fsdp=2))):
         trainer = Trainer(_cfg(base, mesh, out_dir=str(run)), devices=jax.devices()[:devices])
         ckpt = checkpoint.Checkpointer(run, keep=2)
-        state, _ = ckpt.restore(trainer.abstract_state, 10)
+        state, _ = ckpt.restore(trainer.engine.abstract_state, 10)
         ckpt.close()
         kernel = state.params["h_1"]["attn"]["c_attn"]["kernel"]
         assert len(kernel.sharding.device_set) == devices
-        assert kernel.sharding == trainer.state_sharding.params["h_1"]["attn"]["c_attn"]["kernel"]
+        assert kernel.sharding == trainer.engine.state_sharding.params["h_1"]["attn"]["c_attn"]["kernel"]
         values = jax.tree.map(np.asarray, state)
         if saved is None:
             saved = values
         else:
             jax.tree.map(np.testing.assert_array_equal, values, saved)
-    _, params, _, _ = checkpoint.load_model(run, 10)  # what `jaxgpt sample` reads: one device
+    params = load(run, 10).params  # what `jaxgpt sample` reads: one device
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), saved.params)
     trainer.run()  # the last one, on 2 devices, resumes at step 10 and trains to 20
     got = _losses(run)
@@ -124,7 +125,7 @@ def test_one_device_checkpoint_restores_sharded(one_device, tmp_path):
     Trainer(_cfg(base, out_dir=str(run), max_steps=2, eval_interval=2), devices=jax.devices()[:1]).run()
     trainer = Trainer(_cfg(base, MeshConfig(data=1, fsdp=8), out_dir=str(run)))
     ckpt = checkpoint.Checkpointer(run, keep=2)
-    state, _ = ckpt.restore(trainer.abstract_state, 2)
+    state, _ = ckpt.restore(trainer.engine.abstract_state, 2)
     ckpt.close()
     wte = state.params["wte"]["embedding"]  # (V, C): C over fsdp
     assert wte.sharding.spec == P(None, "fsdp") and len(wte.addressable_shards) == 8
@@ -146,13 +147,10 @@ def test_impossible_meshes_are_refused(one_device, mesh, batch, message, tmp_pat
 @eight
 def test_pretrained_weights_land_sharded(one_device, tmp_path):
     """train.init_from on an FSDP mesh: the weights arrive split over the devices, values unchanged."""
-    from jaxgpt.convert import load_pretrained
-    from jaxgpt.progress import Progress
-
     base, _ = one_device
     src = base.train.out_dir  # the reference run
     trainer = Trainer(_cfg(base, MeshConfig(data=2, fsdp=4), out_dir=str(tmp_path / "run"), init_from=src))
-    state = trainer._pretrained(Progress(1, quiet=True))
+    state, _ = trainer.engine.start(trainer.pretrained())
     kernel = state.params["h_0"]["attn"]["c_proj"]["kernel"]  # (C, C): heads, embed -> (none, fsdp)
     assert kernel.sharding.spec == P(None, "fsdp") and len(kernel.addressable_shards) == 8
     _, params = load_pretrained(src)
@@ -163,19 +161,75 @@ def test_pretrained_weights_land_sharded(one_device, tmp_path):
 def test_gpt2_xl_state_is_split_eight_ways():
     """Laid out from shapes alone (nothing allocated): with FSDP over 8 devices, each holds about an
     eighth of gpt2-xl's weights and Adam moments, never the whole 1.5B-parameter state."""
-    from jaxgpt import sharding
-    from jaxgpt.config import ModelConfig, TrainConfig
-    from jaxgpt.model import init_params
-    from jaxgpt.optim import make_optimizer
-    from jaxgpt.steps import TrainState
+    from jaxgpt.config import Config, ModelConfig
+    from jaxgpt.engine import Engine
+    from jaxgpt.model import GPT
 
-    tx = make_optimizer(TrainConfig())
-    abstract = jax.eval_shape(lambda: TrainState.create(init_params(ModelConfig.preset("gpt2-xl"),
-                                                                    jax.random.key(0)), tx))
-    mesh = sharding.make_mesh(MeshConfig(data=1, fsdp=8))
-    shardings = sharding.state_shardings(abstract, mesh, MeshConfig().rules)
+    xl = ModelConfig.preset("gpt2-xl")
+    engine = Engine(Config(model=xl, mesh=MeshConfig(data=1, fsdp=8)), GPT(xl), loss.language_model(GPT(xl)))
+    abstract = engine.abstract_state
     total = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(abstract))
-    per_device = sum(np.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
-                     for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
+    per_device = sum(np.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(abstract))
     assert total > 17e9  # 1.56B parameters x (weights + two moments) x 4 bytes
     assert per_device < total / 8 * 1.01
+
+
+# --- finetunes on the same engine -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bpe_base(tmp_path_factory):
+    """A tiny GPT with GPT-2's vocabulary, and Alpaca data that fits its context."""
+    from conftest import save_bpe_model
+
+    root = tmp_path_factory.mktemp("bpe")
+    save_bpe_model(root / "model")
+    data = [{"instruction": "Say the word.", "input": w, "output": w} for w in ["cat", "dog", "sun", "sea"] * 12]
+    (root / "data.json").write_text(json.dumps(data))
+    return root
+
+
+def _finetune(root, out, mesh, devices, **settings):
+    from jaxgpt.finetune import instruct
+
+    cfg = instruct.InstructConfig(init_from=str(root / "model"), data=str(root / "data.json"), out_dir=str(out),
+                                  epochs=1, batch_size=8, learning_rate=3e-3, max_new_tokens=2, log_interval=1,
+                                  progress=False, mesh=mesh, **settings)
+    instruct.finetune(cfg, devices=devices)
+    return _losses(out)
+
+
+@eight
+@pytest.mark.parametrize("trainable", ["all", "lora"])
+def test_a_finetune_under_fsdp_gives_the_single_device_losses(bpe_base, tmp_path, trainable):
+    one = _finetune(bpe_base, tmp_path / "one", MeshConfig(), jax.devices()[:1], trainable=trainable)
+    eight_ = _finetune(bpe_base, tmp_path / "eight", MeshConfig(data=1, fsdp=8), None, trainable=trainable)
+    assert one.keys() == eight_.keys() and len(one) == 5  # 40 training examples, batches of 8
+    np.testing.assert_allclose([eight_[s] for s in sorted(one)], [one[s] for s in sorted(one)], atol=1e-5, rtol=0)
+
+
+@eight
+def test_finetune_weights_and_lora_adapters_are_split_like_their_base(bpe_base):
+    """A LoRA classifier on a data=1 x fsdp=4 x tensor=2 mesh: the frozen kernels are split, and each
+    adapter follows its kernel (a: the kernel's input axis, b: its output axis)."""
+    from jaxgpt.config import Config, TrainConfig
+    from jaxgpt.engine import Engine
+    from jaxgpt.finetune import classify, common
+    from jaxgpt.loader import load_pretrained
+    from jaxgpt.model import GPTClassifier
+
+    model_cfg, gpt = load_pretrained(bpe_base / "model")
+    ft = classify.ClassifyConfig(trainable="lora", lora_rank=4)
+    model = GPTClassifier(model_cfg, 2)
+    run = Config(model=model_cfg, train=TrainConfig(batch_size=8), mesh=MeshConfig(data=1, fsdp=4, tensor=2))
+    engine = Engine(run, model, loss.classifier(model, common.parts(ft).lora), common.parts(ft))
+    state, frozen = engine.start({"gpt": gpt})
+    C = model_cfg.n_embd
+    kernel = frozen["gpt"]["h_0"]["mlp"]["c_fc"]["kernel"]  # (C, 4C): embed -> fsdp, mlp -> tensor
+    assert kernel.sharding.spec == P("fsdp", "tensor") and kernel.addressable_shards[0].data.shape == (C // 4, 2 * C)
+    adapter = state.params["lora"]["gpt"]["h_0"]["mlp"]["c_fc"]
+    assert adapter["a"].sharding.spec == P("fsdp", None) and adapter["a"].addressable_shards[0].data.shape == (C // 4, 4)
+    assert adapter["b"].sharding.spec == P(None, "tensor") and adapter["b"].addressable_shards[0].data.shape == (4, 2 * C)
+    proj = state.params["lora"]["gpt"]["h_1"]["attn"]["c_proj"]  # (C, C): heads -> tensor, embed -> fsdp
+    assert proj["a"].sharding.spec == P("tensor", None) and proj["b"].sharding.spec == P(None, "fsdp")
+    mu = state.opt_state[1][0].mu["lora"]["gpt"]["h_0"]["mlp"]["c_fc"]["b"]  # Adam's moments alike
+    assert mu.sharding.spec == P(None, "tensor")

@@ -1,15 +1,17 @@
 """Mesh shapes, logical-axis rules and partition specs, without needing many devices (see
 test_sharded.py for training on 8 fake devices)."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 from jax.sharding import PartitionSpec as P
 
 from jaxgpt import sharding
 from jaxgpt.config import MeshConfig, ModelConfig, parse_rules
 from jaxgpt.errors import UserError
-from jaxgpt.model import init_params
+from jaxgpt.model import GPT, init_boxed
 
 
 @pytest.mark.parametrize("mesh, n, shape", [
@@ -39,16 +41,19 @@ def test_rules_parse_and_refuse_unknown_names():
             parse_rules(bad)
 
 
-def test_every_weight_matrix_has_logical_axes():
-    """The table names every >= 2-D weight of GPT-2, with one logical axis per dimension."""
-    params = jax.eval_shape(lambda: init_params(ModelConfig.preset("gpt2", n_layer=2), jax.random.key(0)))
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = sharding._path_names(path)
-        axes = sharding.logical_axes(names)
+def test_every_weight_matrix_declares_logical_axes():
+    """The model declares, where it creates them, one logical axis per dimension of every >= 2-D weight."""
+    boxed = jax.eval_shape(lambda: init_boxed(GPT(ModelConfig.preset("gpt2", n_layer=2)), jax.random.key(0)))
+    axes = sharding.param_axes(boxed)
+    for path, leaf in traverse_util.flatten_dict(nn.unbox(boxed)).items():
         if leaf.ndim >= 2:
-            assert axes is not None and len(axes) == leaf.ndim, names
-        elif axes is not None:
-            assert len(axes) == 1, names
+            assert path in axes and len(axes[path]) == leaf.ndim, path
+        elif path in axes:
+            assert len(axes[path]) == 1, path
+    assert axes[("wte", "embedding")] == ("vocab", "embed")
+    assert axes[("h_1", "mlp", "c_fc", "kernel")] == ("embed", "mlp")
+    assert axes[("h_0", "attn", "c_attn", "bias")] == ("heads",)
+    assert ("ln_f", "scale") not in axes  # LayerNorms stay replicated
 
 
 class _FakeMesh:  # spec_for only reads the axis sizes
@@ -58,15 +63,13 @@ class _FakeMesh:  # spec_for only reads the axis sizes
 def test_specs_follow_the_rules_and_keep_uneven_dimensions_whole():
     rules = parse_rules(MeshConfig().rules)
     mesh = _FakeMesh()
-    kernel = ("params", "h_3", "mlp", "c_fc", "kernel")
+    kernel = ("embed", "mlp")
     assert sharding.spec_for(kernel, (768, 3072), mesh, rules) == P("fsdp", "tensor")
-    assert sharding.spec_for(("opt_state", "1", "0", "mu", *kernel[1:]), (768, 3072), mesh, rules) == \
-        P("fsdp", "tensor")  # Adam's moments follow their weights
     # GPT-2's vocabulary (50257) is odd: the vocab dimension stays whole, the embedding dimension is split.
-    assert sharding.spec_for(("params", "wte", "embedding"), (50257, 768), mesh, rules) == P(None, "fsdp")
-    assert sharding.spec_for(("params", "wte", "embedding"), (50304, 768), mesh, rules) == P("tensor", "fsdp")
-    assert sharding.spec_for(("params", "ln_f", "scale"), (768,), mesh, rules) == P()
-    assert sharding.spec_for(("step",), (), mesh, rules) == P()
+    assert sharding.spec_for(("vocab", "embed"), (50257, 768), mesh, rules) == P(None, "fsdp")
+    assert sharding.spec_for(("vocab", "embed"), (50304, 768), mesh, rules) == P("tensor", "fsdp")
+    assert sharding.spec_for(None, (768,), mesh, rules) == P()
+    assert sharding.spec_for(None, (), mesh, rules) == P()
     # A width that fsdp does not divide stays whole too.
     assert sharding.spec_for(kernel, (30, 120), mesh, rules) == P(None, "tensor")
     # Two logical axes mapped to one mesh axis: only the first takes it.
@@ -74,16 +77,27 @@ def test_specs_follow_the_rules_and_keep_uneven_dimensions_whole():
     assert sharding.spec_for(kernel, (768, 3072), mesh, same) == P("fsdp", None)
 
 
-def test_assemble_reads_each_piece_once_for_all_outputs():
+def test_optimizer_moments_follow_their_weights():
+    axes = {("h_3", "mlp", "c_fc", "kernel"): ("embed", "mlp"), ("wte", "embedding"): ("vocab", "embed")}
+    moment = ("opt_state", "1", "0", "mu", "h_3", "mlp", "c_fc", "kernel")
+    assert sharding.axes_of(moment, axes) == ("embed", "mlp")
+    assert sharding.axes_of(("params", "wte", "embedding"), axes) == ("vocab", "embed")
+    assert sharding.axes_of(("step",), axes) is None
+
+
+def test_put_batch_reads_only_the_local_pieces_once():
     mesh = sharding.make_mesh(MeshConfig())
     seen = []
     data = np.arange(24).reshape(4, 6)
 
-    def read(index):
-        seen.append(index)
-        return data[index], -data[index]
+    class Lazy:  # a batch left on disk: reads record what was asked for
+        shape = data.shape
 
-    x, y = sharding.assemble((4, 6), sharding.eval_batch_sharding(mesh), read, 2)
+        def __getitem__(self, index):
+            seen.append(index)
+            return data[index]
+
+    (x, y) = sharding.put_batch((Lazy(), -data), sharding.eval_batch_sharding(mesh))
     np.testing.assert_array_equal(np.asarray(x), data)
     np.testing.assert_array_equal(np.asarray(y), -data)
-    assert len(seen) == jax.local_device_count() == 1  # one read serves both arrays
+    assert len(seen) == jax.local_device_count() == 1  # one read of the one local piece

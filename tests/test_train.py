@@ -15,6 +15,7 @@ import pytest
 
 from jaxgpt import checkpoint
 from jaxgpt.errors import UserError
+from jaxgpt.loader import load
 from jaxgpt.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,18 +69,21 @@ def test_changed_settings_are_refused_and_nothing_is_touched(tiny_config):
     assert _tree_hashes(tiny_config.train.out_dir) == before
 
 
-def test_checkpoint_round_trip_and_load_model(tiny_config):
+def test_checkpoint_round_trip_and_load(tiny_config):
     trainer = Trainer(_with(tiny_config, max_steps=10))
     trainer.run()
-    ckpt = checkpoint.Checkpointer(trainer.run_dir, keep=2)
-    state, meta = ckpt.restore(trainer.abstract_state)
-    assert int(state.step) == 10 and meta["tokens"] == 10 * trainer.tokens_per_step
-    cfg, params, tok_meta, step = checkpoint.load_model(trainer.run_dir)
-    assert step == 10 and cfg.model == trainer.cfg.model and tok_meta["kind"] == "char"
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    run_dir = Path(tiny_config.train.out_dir)
+    ckpt = checkpoint.Checkpointer(run_dir, keep=2)
+    state, meta = ckpt.restore(trainer.engine.abstract_state)
+    ckpt.close()
+    assert int(state.step) == 10 and meta["tokens"] == 10 * tiny_config.train.batch_size * tiny_config.model.block_size
+    model = load(run_dir)
+    assert model.step == 10 and model.config == trainer.cfg.model and model.tokenizer_meta["kind"] == "char"
+    assert model.kind == "jaxgpt" and model.task == {"task": "pretrain", "settings": {}}
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(UserError, match="no checkpoint at step 3"):
-        checkpoint.load_model(trainer.run_dir, step=3)
+        load(run_dir, step=3)
 
 
 def _run(args, **kw):

@@ -1,34 +1,30 @@
 """Text classification with a pretrained GPT (the book's chapter 6 spam classifier), on the user's data.
 
-The GPT's output layer is replaced by an n-class head read at each example's last real token (padding
-after it cannot change it: attention is causal). Data: a CSV/TSV file with a label and a text column,
-or a headerless `label<TAB>text` file such as the UCI SMS Spam Collection as distributed. Without a
-file, the embedded task tells passages of Shakespeare's comedies from his tragedies.
+The model is `GPTClassifier`: the GPT with its output layer replaced by an n-class head read at each
+example's last real token. Data: a CSV/TSV file with a label and a text column, or a headerless
+`label<TAB>text` file such as the UCI SMS Spam Collection as distributed. Without a file, the embedded
+task tells passages of Shakespeare's comedies from his tragedies. Training runs on the engine (engine.py);
+the output folder is then read by `jaxgpt.loader.load` (`classify` below, `jaxgpt sample` for the backbone).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxgpt import checkpoint
-from jaxgpt.config import Config, DataConfig, ModelConfig
+from jaxgpt import loss
 from jaxgpt.data import read_text
 from jaxgpt.errors import UserError
-from jaxgpt.files import staged_dir
 from jaxgpt.finetune import common
-from jaxgpt.model import GPT
-from jaxgpt.tokenizer import Tokenizer, describe_characters, tokenizer_from_meta, unknown_characters
+from jaxgpt.model import GPTClassifier
+from jaxgpt.tokenizer import Tokenizer, describe_characters, unknown_characters
 
-CLASSIFIER_FILE = "classifier.json"
+TASK = "classify"
 
 
 @dataclass(frozen=True)
@@ -37,8 +33,8 @@ class ClassifyConfig(common.FinetuneConfig):
     # the final LayerNorm and the last block (--trainable last_blocks) at --learning-rate 5e-5.
     learning_rate: float = 3e-4
     epochs: int = 5
-    label_column: str = "label"
-    text_column: str = "text"
+    label_column: str = "label"  # the CSV/TSV column holding each example's class
+    text_column: str = "text"  # the column holding its text
     balance: bool = True  # undersample every class to the size of the smallest
     per_class: int = 600  # embedded task only: passages per class
 
@@ -140,46 +136,65 @@ def encode(items: list[tuple[int, str]], tokenizer: Tokenizer, max_length: int, 
     return Split(tokens, lengths, np.array([y for y, _ in items], np.int32), long)
 
 
-def logits_fn(model: common.Model, trainable, frozen, tokens, lengths, deterministic=True, rngs=None):
-    """Class logits (B, n_classes) read at each example's last real token."""
-    (h, _), full = model.forward(trainable, frozen, tokens, deterministic=deterministic, rngs=rngs,
-                                 method=GPT.hidden_states)  # h: (B, T, C)
-    last = h[jnp.arange(h.shape[0]), lengths - 1].astype(jnp.float32)  # (B, C)
-    return last @ full["head"]["kernel"] + full["head"]["bias"][None]  # (B, n_classes)
-
-
-def _batch_loss(model: common.Model):
-    def batch_loss(trainable, frozen, batch, key):
-        tokens, lengths, labels, weights = batch
-        rngs = None if key is None else {"dropout": key}
-        logits = logits_fn(model, trainable, frozen, tokens, lengths, key is None, rngs)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        sums = {"loss_sum": jnp.sum(losses * weights), "count": jnp.sum(weights),
-                "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * weights)}
-        return sums["loss_sum"] / jnp.maximum(sums["count"], 1), sums
-    return batch_loss
-
-
-def _summarize(s: dict) -> dict:
-    return {"loss": s["loss_sum"] / max(s["count"], 1), "accuracy": s["correct"] / max(s["count"], 1)}
-
-
-def _rows(split: Split, idx: np.ndarray, batch_size: int):
-    """One batch; short batches are filled with weight-0 copies so every batch has the same shape."""
-    w = np.ones(batch_size, np.float32)
-    w[len(idx):] = 0
-    idx = np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)])
+def _rows(split: Split, idx: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """One batch of `size` rows; a short batch is filled with weight-0 copies of row 0 (same shape)."""
+    w = np.zeros(size, np.float32)
+    w[:len(idx)] = 1
+    idx = np.concatenate([idx, np.zeros(size - len(idx), np.int64)]).astype(np.int64)
     return split.tokens[idx], split.lengths[idx], split.labels[idx], w
 
 
-def finetune(cfg: ClassifyConfig, log=print) -> dict:
-    """Train a classifier as `cfg` says; write it and its reports to cfg.out_dir. Returns results.json's dict."""
-    out_dir = common.check(cfg, "out/classify")
+class Classify(common.Finetune):
+    name = TASK
+    plots = (("accuracy.png", "accuracy", "classifier accuracy", "accuracy"),)
+
+    def __init__(self, cfg: ClassifyConfig, names: list[str], splits: dict[str, Split], model: GPTClassifier):
+        super().__init__(cfg, len(splits["train"].labels), lambda idx: _rows(splits["train"], idx, len(idx)))
+        self.names, self.splits, self.model = names, splits, model
+        self.describe = {"labels": names, "max_length": int(splits["train"].tokens.shape[1]),
+                         "lora": common.lora_record(cfg)}
+
+    def eval_sets(self) -> dict[str, list[tuple]]:
+        micro = self.engine.micro_batch
+        n_val = len(self.splits["val"].labels)
+        n_train = min(len(self.splits["train"].labels), max(n_val, micro))  # a fixed look at training data
+        return {name: self.batches(n, micro, lambda idx, s=self.splits[name]: _rows(s, idx, micro))
+                for name, n in (("train", n_train), ("val", n_val))}
+
+    def finish(self, engine, state, frozen) -> dict:
+        params = engine.full_params(state, frozen)
+        predict = jax.jit(lambda p, t, l: jnp.argmax(self.model.apply({"params": p}, t, l), -1))
+        test, micro = self.splits["test"], engine.micro_batch
+        preds = []
+        for start in range(0, len(test.labels), micro):
+            idx = np.arange(start, min(start + micro, len(test.labels)))
+            tokens, lengths, _, _ = _rows(test, idx, micro)
+            preds.append(np.asarray(predict(params, *engine.put((tokens, lengths), train=False)))[:len(idx)])
+        preds = np.concatenate(preds)
+        confusion = np.zeros((len(self.names), len(self.names)), int)
+        np.add.at(confusion, (test.labels, preds), 1)
+        results = {"labels": self.names, "test_accuracy": float(np.mean(preds == test.labels)),
+                   "majority_baseline": float(np.bincount(test.labels).max() / len(test.labels)),
+                   "confusion_matrix": confusion.tolist(), "max_length": self.describe["max_length"],
+                   "examples": {k: len(s.labels) for k, s in self.splits.items()},
+                   "truncated": {k: s.truncated for k, s in self.splits.items()},
+                   "evaluations": common.evaluations(engine.run_dir)}
+        common.finish(engine, results, f"test accuracy {results['test_accuracy']:.3f} (majority class "
+                      f"{results['majority_baseline']:.3f}); confusion matrix (rows: true {self.names}) "
+                      f"{results['confusion_matrix']}")
+        return results
+
+
+def finetune(cfg: ClassifyConfig, devices=None) -> dict | None:
+    """Train a classifier as `cfg` says into cfg.out_dir (resuming an unfinished one there). Returns
+    results.json's dict, or None if a signal stopped the run."""
+    common.check(cfg, common.TRAINABLE)
     if cfg.per_class < 1:
         raise UserError(f"--per-class must be positive, got {cfg.per_class}")
+    path = common.out_dir(cfg, "out/classify")
     examples = read_labeled(cfg.data, cfg.label_column, cfg.text_column) if cfg.data else \
         shakespeare_genres(cfg.per_class, cfg.seed)
-    model_cfg, gpt_params, tokenizer = common.load_base(cfg)
+    model_cfg, tokenizer = common.base_model(cfg)
     unknown = unknown_characters(tokenizer, (text for _, text in examples))
     if unknown:
         raise UserError(f"the data has characters that the model in {cfg.init_from} does not know: "
@@ -191,84 +206,38 @@ def finetune(cfg: ClassifyConfig, log=print) -> dict:
     longest = max(len(tokenizer.encode(t)) for _, t in items["train"])
     max_length = cfg.max_length or min(longest, model_cfg.block_size)
     splits = {k: encode(v, tokenizer, max_length, cfg.truncate) for k, v in items.items()}
-    log(f"{len(names)} classes {names}; train/val/test {[len(s.labels) for s in splits.values()]} examples of "
-        f"at most {max_length} tokens ({sum(s.truncated for s in splits.values())} truncated)")
-
-    head = {"kernel": 0.02 * jax.random.normal(jax.random.key(cfg.seed), (model_cfg.n_embd, len(names))),
-            "bias": jnp.zeros(len(names))}
-    model, trainable, frozen = common.split_params(cfg, model_cfg, {"gpt": gpt_params, "head": head})
-    steps = common.Steps(_batch_loss(model), cfg, trainable, frozen)
-    B = cfg.batch_size
-    with staged_dir(out_dir, cfg.overwrite) as tmp:
-        def train_batches(epoch):
-            order = common.batches(len(splits["train"].labels), B, cfg.seed + epoch, drop_last=True)
-            return (_rows(splits["train"], i, B) for i in order)
-
-        def eval_batches(split):
-            return [_rows(splits[split], i, B) for i in common.batches(len(splits[split].labels), B, None, False)]
-
-        history = common.fit(steps, cfg, train_batches, lambda: eval_batches("val"), _summarize, log,
-                             tmp / "metrics.jsonl")
-        predict = jax.jit(lambda p, f, t, l: jnp.argmax(logits_fn(model, p, f, t, l), -1))
-        test = splits["test"]
-        preds = np.concatenate([np.asarray(predict(steps.state.params, steps.frozen, *_rows(test, i, B)[:2]))[:len(i)]
-                                for i in common.batches(len(test.labels), B, None, False)])
-        confusion = np.zeros((len(names), len(names)), int)
-        np.add.at(confusion, (test.labels, preds), 1)
-        results = {"labels": names, "test_accuracy": float(np.mean(preds == test.labels)),
-                   "majority_baseline": float(np.bincount(test.labels).max() / len(test.labels)),
-                   "confusion_matrix": confusion.tolist(), "max_length": max_length,
-                   "examples": {k: len(s.labels) for k, s in splits.items()},
-                   "truncated": {k: s.truncated for k, s in splits.items()}, "epochs": history}
-        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        common.plot_history(history, tmp / "loss.png", "loss", "classifier loss", "cross-entropy")
-        common.plot_history(history, tmp / "accuracy.png", "accuracy", "classifier accuracy", "accuracy")
-        full = model.merged(steps.state.params, steps.frozen)
-        checkpoint.save_model(tmp, Config(model=model_cfg, data=DataConfig(tokenizer=tokenizer.name)), full["gpt"],
-                              tokenizer.meta(), {"finetuned": "classify", "init_from": cfg.init_from},
-                              extra={"head": full["head"]})
-        info = {"labels": names, "max_length": max_length, "config": dataclasses.asdict(cfg)}
-        (tmp / CLASSIFIER_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    log(f"test accuracy {results['test_accuracy']:.3f} (majority class {results['majority_baseline']:.3f}); "
-        f"confusion matrix (rows: true {names}) {results['confusion_matrix']}; saved to {out_dir}")
-    return results
-
-
-def load_classifier(path: str | Path) -> tuple[ModelConfig, dict, Tokenizer, dict]:
-    """(model config, {"gpt", "head"} params, tokenizer, classifier.json) of a saved classifier."""
-    info_path = Path(path) / CLASSIFIER_FILE
-    if not Path(path).is_dir():
-        raise UserError(f"{path} does not exist or is not a folder; pass the --out-dir of `jaxgpt finetune classify`")
-    if not info_path.is_file():
-        raise UserError(f"{path} is not a classifier (no {CLASSIFIER_FILE}); train one with `jaxgpt finetune classify`")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        labels, max_length = info["labels"], info["max_length"]
-        if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels)
-                or not isinstance(max_length, int) or max_length < 1):
-            raise ValueError("labels must be two or more names and max_length a positive int")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{info_path} is damaged ({type(e).__name__}: {e}); finetune the classifier again") from None
-    cfg = checkpoint.read_run_config(path)
-    if cfg is None:
-        raise UserError(f"{path} has {CLASSIFIER_FILE} but no {checkpoint.CONFIG_FILE}; finetune the classifier again")
-    shape = jax.ShapeDtypeStruct
-    head = {"kernel": shape((cfg.model.n_embd, len(info["labels"])), jnp.float32),
-            "bias": shape((len(info["labels"]),), jnp.float32)}
-    cfg, params, tok_meta, _ = checkpoint.load_model(path, extra={"head": head})
-    return cfg.model, params, tokenizer_from_meta(tok_meta), info
+    model = GPTClassifier(common.resolved(model_cfg, cfg), len(names))
+    task = Classify(cfg, names, splits, model)
+    print(f"{len(names)} classes {names}; train/val/test {[len(s.labels) for s in splits.values()]} examples of "
+          f"at most {max_length} tokens ({sum(s.truncated for s in splits.values())} truncated)")
+    run_cfg = common.run_config(cfg, model_cfg, tokenizer.name, path, task.max_steps, task.steps_per_epoch)
+    return common.train(task, cfg, run_cfg, model, loss.classifier(model, common.parts(cfg).lora), path,
+                        tokenizer.meta(), lambda: {"gpt": common.base_params(cfg, model_cfg)}, devices)
 
 
 def classify(path: str | Path, texts: list[str]) -> list[tuple[str, float]]:
     """(label, probability) for each text, with a classifier saved by `finetune`."""
+    from jaxgpt.loader import load
+
     if not texts or not all(t.strip() for t in texts):
         raise UserError("give at least one non-empty text to classify")
-    model_cfg, params, tokenizer, info = load_classifier(path)
+    if not Path(path).is_dir():
+        raise UserError(f"{path} does not exist or is not a folder; pass the --out-dir of `jaxgpt finetune classify`")
+    model = load(path)
+    if not model.task or model.task.get("task") != TASK:
+        what = model.task.get("task") if model.task else f"a {model.kind} language model"
+        raise UserError(f"{path} is not a classifier (it holds {what}); train one with `jaxgpt finetune classify`")
+    labels, max_length = model.task.get("labels"), model.task.get("max_length")
+    if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels)
+            or not isinstance(max_length, int) or max_length < 1):
+        raise UserError(f"{Path(path) / 'task.json'} is damaged (labels must be two or more names and max_length "
+                        "a positive whole number); finetune the classifier again")
+    tokenizer = model.tokenizer()
     unknown = unknown_characters(tokenizer, texts)
     if unknown:
         raise UserError(f"the texts have characters this character-level classifier does not know: "
                         f"{describe_characters(unknown)}; remove them")
-    split = encode([(0, t) for t in texts], tokenizer, info["max_length"], True)
-    model = common.Model(GPT(model_cfg))
-    probs = jax.nn.softmax(logits_fn(model, params, {}, split.tokens, split.lengths), -1)  # (N, n_classes)
-    return [(info["labels"][int(i)], float(p[i])) for p, i in zip(np.asarray(probs), np.argmax(probs, -1))]
+    split = encode([(0, t) for t in texts], tokenizer, max_length, True)
+    logits = model.module.apply({"params": model.params}, split.tokens, split.lengths)  # (N, n_classes)
+    probs = np.asarray(jax.nn.softmax(logits, -1))
+    return [(labels[int(i)], float(p[i])) for p, i in zip(probs, np.argmax(probs, -1))]

@@ -1,10 +1,10 @@
-"""What both finetuning recipes share: settings, the pretrained base, trainable/frozen partitions, LoRA,
-the jitted steps and the epoch loop with its outputs.
+"""What every finetune shares: its settings and command-line options, the output folder's life cycle, the
+pretrained base, epochs as engine steps, and the run on the training engine.
 
-Parameters live in one tree, `{"gpt": <GPT params>, "head": ...}`, split by a predicate on paths into a
-trainable part and a frozen part. Gradients and optimizer state exist for the trainable part only; with
-LoRA it is the adapters (`"lora"`) plus any new head, and the GPT weights are never copied into the
-optimizer. `forward` puts the two parts back together for each call.
+A finetune is a `Finetune` task (engine.py) over a list of examples: steps are batches of a fresh shuffle
+per epoch, so step `i`'s batch depends only on the seed and `i`, and a killed finetune resumes exactly. Its
+output folder is an engine run directory (config.json, task.json, checkpoints/, frozen/, metrics.jsonl,
+plots) that also receives the task's results at the end and is read back by `jaxgpt.loader.load`.
 """
 
 from __future__ import annotations
@@ -12,244 +12,270 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
 import typing
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import flax.struct
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import traverse_util
 
-from jaxgpt import convert, lora, sharding
-from jaxgpt.config import ModelConfig
+from jaxgpt import distributed, model as model_lib
+from jaxgpt.config import Config, DataConfig, DistConfig, MeshConfig, TrainConfig, validate
+from jaxgpt.engine import Engine, Task
+from jaxgpt.run_files import read_task
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT
-from jaxgpt.optim import decay_mask
-from jaxgpt.tokenizer import Tokenizer, tokenizer_from_meta
+from jaxgpt.files import OUTPUT_MARKER
+from jaxgpt.lora import LoraConfig
+from jaxgpt.trainable import Parts
 
+RESULTS_FILE = "results.json"  # written last: a folder with it holds a finished finetune
 TRAINABLE = ("head", "last_blocks", "all", "lora")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    init_from: str = "out/shakespeare_char"  # a jaxgpt run, a converted model, or an HF/OpenAI GPT-2 directory
+    init_from: str = "out/shakespeare_char"  # any model jaxgpt.loader.load reads: a run, a converted model, HF, OpenAI
     data: str = ""  # the user's data file; "" means the embedded default task
     out_dir: str = ""  # where the finetuned model and its reports go ("" = out/<recipe>)
-    overwrite: bool = False  # replace out_dir if it holds an earlier finetune
-    epochs: int = 3
-    batch_size: int = 8
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.1
-    seed: int = 123
+    overwrite: bool = False  # start over in out_dir even if it holds a finished finetune
+    epochs: int = 3  # passes over the training split
+    batch_size: int = 8  # examples per optimizer step, summed over devices and accumulation
+    grad_accum: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 5e-5  # AdamW's (after the warmup)
+    lr_schedule: str = "constant"  # "constant" after the warmup, or "cosine" decay to min_lr
+    min_lr: float = 0.0  # with lr_schedule=cosine
+    warmup_steps: int = 0  # linear warmup from 0
+    weight_decay: float = 0.1  # on weight matrices only
+    grad_clip: float = 1.0  # global-norm clipping; 0 turns it off
+    seed: int = 123  # the splits, the new head, the adapters and every batch follow from it
     trainable: str = "all"  # head | last_blocks | all | lora
     last_blocks: int = 1  # with trainable=last_blocks: the head, the final LayerNorm and these last blocks
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    dropout: float = 0.0
+    lora_rank: int = 8  # with trainable=lora: the adapters' rank
+    lora_alpha: float = 16.0  # with trainable=lora: the update is scaled by alpha / rank
+    dropout: float = 0.0  # the model's dropout while finetuning
     max_length: int = 0  # longest example in tokens; 0 = the longest in the data, at most the context
     truncate: bool = True  # cut examples longer than max_length (and count them); False refuses them
     val_fraction: float = 0.1  # of the examples, after shuffling with seed
-    test_fraction: float = 0.2
+    test_fraction: float = 0.2  # of the examples, scored after training
+    log_interval: int = 10  # steps between progress lines and metrics.jsonl records
+    eval_interval: int = 0  # steps between evaluations and checkpoints; 0 = once per epoch
+    keep_checkpoints: int = 2  # latest N kept, plus the best by validation loss
+    skip_nonfinite: bool = False  # skip (and count) updates with a NaN/inf loss or gradient instead of stopping
+    progress: bool = True  # one updating progress line on a terminal
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
-def add_arguments(parser, cls: type) -> None:
-    """One `--field-name` option per dataclass field, typed from its annotation, defaulting to None."""
+# Settings a resumed finetune may change: how long it runs, what it reports, and where it runs.
+RESUMABLE = frozenset({"epochs", "out_dir", "overwrite", "log_interval", "eval_interval", "keep_checkpoints",
+                       "skip_nonfinite", "progress", "mesh", "dist", "max_new_tokens", "score_base"})
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """One `--field-name` option per dataclass field, typed from its annotation, defaulting to None; nested
+    dataclasses (mesh, dist) become `--mesh.fsdp` and so on."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(tp):
+            add_arguments(parser, tp, f"{prefix}{f.name}.")
+            continue
+        flag = "--" + prefix + (f.name.replace("_", "-") if not prefix else f.name)
+        dest = (prefix + f.name).replace(".", "__")
+        default = f.default if f.default is not dataclasses.MISSING else None
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                                help=f"(default {'yes' if f.default else 'no'})")
+            parser.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction,
+                                help=f"(default {'yes' if default else 'no'})")
         else:
-            parser.add_argument(flag, dest=f.name, type=tp, default=None, help=f"(default {f.default!r})")
+            parser.add_argument(flag, dest=dest, type=tp, default=None, help=f"(default {default!r})")
 
 
-def from_arguments(cls: type, args, **defaults):
+def from_arguments(cls: type, args, prefix: str = "", **defaults):
     """The dataclass with every option the user gave; `defaults` replace the class defaults."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    hints, given = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            given[f.name] = from_arguments(hints[f.name], args, f"{prefix}{f.name}__")
+        elif getattr(args, prefix + f.name, None) is not None:
+            given[f.name] = getattr(args, prefix + f.name)
     return cls(**{**defaults, **given})
 
 
-def check(cfg: FinetuneConfig, default_out: str, allowed: tuple[str, ...] = TRAINABLE) -> Path:
-    """Refuse impossible settings and an existing out_dir (unless --overwrite); returns the out_dir."""
+def check(cfg: FinetuneConfig, allowed: tuple[str, ...]) -> None:
+    """Refuse impossible settings in one line, before anything is read or written; then join the other
+    processes of a multi-process run (before anything touches a device)."""
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
-                "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "last_blocks": cfg.last_blocks}
+                "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "last_blocks": cfg.last_blocks,
+                "grad_accum": cfg.grad_accum, "log_interval": cfg.log_interval,
+                "keep_checkpoints": cfg.keep_checkpoints}
     for key, value in positive.items():
         if not value > 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {value}")
-    if cfg.max_length < 0 or cfg.weight_decay < 0 or not 0 <= cfg.dropout < 1:
-        raise UserError("--max-length and --weight-decay must not be negative, --dropout must be in [0, 1)")
+    non_negative = {"max_length": cfg.max_length, "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps,
+                    "grad_clip": cfg.grad_clip, "min_lr": cfg.min_lr, "eval_interval": cfg.eval_interval}
+    for key, value in non_negative.items():
+        if not value >= 0:
+            raise UserError(f"--{key.replace('_', '-')} must not be negative, got {value}")
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.trainable not in allowed:
         raise UserError(f"--trainable must be one of {', '.join(allowed)}, got {cfg.trainable!r}")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise UserError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+    if cfg.batch_size % cfg.grad_accum:
+        raise UserError(f"--batch-size ({cfg.batch_size}) must be divisible by --grad-accum ({cfg.grad_accum})")
     for key in ("val_fraction", "test_fraction"):
         if not 0 < getattr(cfg, key) < 0.5:
             raise UserError(f"--{key.replace('_', '-')} must be between 0 and 0.5")
-    out_dir = Path(cfg.out_dir or default_out)
-    if out_dir.exists() and not cfg.overwrite:
-        raise UserError(f"{out_dir} already exists; choose another --out-dir or pass --overwrite")
-    return out_dir
+    validate(Config(mesh=cfg.mesh, dist=cfg.dist))
+    distributed.initialize(cfg.dist)
 
 
-def load_base(cfg: FinetuneConfig) -> tuple[ModelConfig, dict, Tokenizer]:
-    """The pretrained GPT to finetune (its dropout set from cfg) and its tokenizer."""
-    model_cfg, params = convert.load_pretrained(cfg.init_from)
-    meta = convert.read_tokenizer_meta(cfg.init_from)
+def out_dir(cfg: FinetuneConfig, default: str) -> Path:
+    """The output folder, if the run may use it: new, or an unfinished finetune to resume, or (with
+    --overwrite) an earlier jaxgpt output that `start_over` replaces. Nothing is written here."""
+    path = Path(cfg.out_dir or default)
+    if path.is_symlink():
+        raise UserError(f"--out-dir {path} is a symbolic link; give the folder itself or a new path")
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise UserError(f"--out-dir {path} exists and is not a folder; choose another --out-dir")
+    ours = read_task(path) is not None or (path / OUTPUT_MARKER).is_file() or not any(path.iterdir())
+    if not ours:
+        raise UserError(f"{path} already exists and is not a jaxgpt finetune; choose another --out-dir")
+    if (path / RESULTS_FILE).is_file() and not cfg.overwrite:
+        raise UserError(f"{path} already exists and holds a finished finetune; choose another --out-dir or "
+                        "pass --overwrite to replace it")
+    return path
+
+
+def start_over(path: Path, cfg: FinetuneConfig) -> None:
+    """With --overwrite, remove an earlier finetune in `path` (checked by `out_dir`) before training."""
+    if cfg.overwrite and path.exists() and distributed.is_primary():
+        shutil.rmtree(path)
+    distributed.barrier("jaxgpt:start_over")
+
+
+def base_model(cfg: FinetuneConfig):
+    """(the base GPT's config with our dropout, its tokenizer) of `--init-from`, without reading weights."""
+    from jaxgpt.loader import read_config, read_tokenizer_meta
+    from jaxgpt.tokenizer import tokenizer_from_meta
+
+    model_cfg = read_config(cfg.init_from)
+    meta = read_tokenizer_meta(cfg.init_from)
     if meta is None:
         raise UserError(f"{cfg.init_from} does not say which tokenizer its model uses; convert it with a "
                         "known tokenizer or train one with train.py")
-    return dataclasses.replace(model_cfg, dropout=cfg.dropout), params, tokenizer_from_meta(meta)
+    return dataclasses.replace(model_cfg, dropout=cfg.dropout), tokenizer_from_meta(meta)
 
 
-def trainable_predicate(cfg: FinetuneConfig, n_layer: int) -> Callable[[tuple[str, ...]], bool]:
-    """Whether the parameter at a path of {"gpt": ..., "head": ...} is trained."""
-    if cfg.last_blocks > n_layer:
-        raise UserError(f"--last-blocks={cfg.last_blocks} but the model has {n_layer} blocks")
-    last = {f"h_{i}" for i in range(n_layer - cfg.last_blocks, n_layer)}
-    return {
-        "head": lambda p: p[0] == "head",
-        "last_blocks": lambda p: p[0] == "head" or p[1] == "ln_f" or p[1] in last,
-        "all": lambda p: True,
-        "lora": lambda p: p[0] == "head",
-    }[cfg.trainable]
+def base_params(cfg: FinetuneConfig, model_cfg) -> dict:
+    """The base GPT's weights, cast to its parameter dtype, on the host."""
+    from jaxgpt.loader import fit_context, load_pretrained
+
+    return fit_context(load_pretrained(cfg.init_from)[1], model_cfg.block_size, model_cfg.param_dtype)
 
 
-def partition(tree: dict, predicate) -> tuple[dict, dict]:
-    flat = traverse_util.flatten_dict(tree)
-    yes = {k: v for k, v in flat.items() if predicate(k)}
-    no = {k: v for k, v in flat.items() if not predicate(k)}
-    return traverse_util.unflatten_dict(yes), traverse_util.unflatten_dict(no)
+def parts(cfg: FinetuneConfig) -> Parts:
+    lora = LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha) if cfg.trainable == "lora" else None
+    return Parts(cfg.trainable, cfg.last_blocks, lora)
 
 
-def combine(a: dict, b: dict) -> dict:
-    return traverse_util.unflatten_dict({**traverse_util.flatten_dict(a), **traverse_util.flatten_dict(b)})
+def run_config(cfg: FinetuneConfig, model_cfg, tokenizer_name: str, path: Path, max_steps: int,
+               steps_per_epoch: int) -> Config:
+    """The engine's config of a finetune (what its config.json records)."""
+    train = TrainConfig(
+        out_dir=str(path), seed=cfg.seed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_steps=max_steps,
+        learning_rate=cfg.learning_rate, lr_schedule=cfg.lr_schedule, min_lr=cfg.min_lr,
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, beta1=0.9, beta2=0.999,
+        grad_clip=cfg.grad_clip, log_interval=cfg.log_interval, eval_interval=cfg.eval_interval or steps_per_epoch,
+        eval_steps=1, sample_interval=0, keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress,
+        init_from=cfg.init_from, skip_nonfinite=cfg.skip_nonfinite)
+    return validate(Config(model=model_cfg, data=DataConfig(source=cfg.data, tokenizer=tokenizer_name),
+                           train=train, mesh=cfg.mesh, dist=cfg.dist))
 
 
-@dataclass(frozen=True)
-class Model:
-    """The GPT, and the LoRA settings when adapters are trained."""
-
-    gpt: GPT
-    lora: lora.LoraConfig | None = None
-
-    def forward(self, trainable: dict, frozen: dict, tokens, *, deterministic: bool = True, rngs=None,
-                method=None):
-        """Apply the GPT (with adapters if any) to tokens; returns (output, full params tree)."""
-        full = combine(trainable, frozen)
-        adapters = full.pop("lora", None)
-        kwargs = dict(deterministic=deterministic, rngs=rngs, method=method)
-        if adapters is None:
-            return self.gpt.apply({"params": full["gpt"]}, tokens, **kwargs), full
-        return lora.apply(self.gpt, full["gpt"], adapters, self.lora, tokens, **kwargs), full
-
-    def merged(self, trainable: dict, frozen: dict) -> dict:
-        """The full tree with adapters merged into the GPT kernels: what gets saved."""
-        full = combine(trainable, frozen)
-        adapters = full.pop("lora", None)
-        if adapters is not None:
-            full["gpt"] = lora.merge(full["gpt"], adapters, self.lora)
-        return full
+def lora_record(cfg: FinetuneConfig) -> dict | None:
+    """The LoRA settings a loader needs to merge the adapters (task.json's "lora")."""
+    lora = parts(cfg).lora
+    return None if lora is None else {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets)}
 
 
-def split_params(cfg: FinetuneConfig, model_cfg: ModelConfig, full: dict) -> tuple[Model, dict, dict]:
-    """(model, trainable, frozen) for the chosen trainable parts."""
-    trainable, frozen = partition(full, trainable_predicate(cfg, model_cfg.n_layer))
-    lora_cfg = None
-    if cfg.trainable == "lora":
-        lora_cfg = lora.LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha)
-        trainable["lora"] = lora.init_adapters(full["gpt"], lora_cfg, jax.random.key(cfg.seed))
-    return Model(GPT(model_cfg), lora_cfg), trainable, frozen
+def settings(cfg: FinetuneConfig) -> dict:
+    """The finetune's settings as task.json records them (compared when resuming)."""
+    d = dataclasses.asdict(cfg)
+    return {k: v for k, v in d.items() if k not in ("mesh", "dist")}
 
 
-class State(flax.struct.PyTreeNode):
-    step: jax.Array
-    params: dict  # the trainable part only
-    opt_state: optax.OptState
+class Finetune(Task):
+    """A task over n training examples, `epochs` passes of batches of a fresh shuffle each.
 
+    `make(indices)` builds a batch's host arrays (B, ...) from example indices; evaluation sets are lists
+    of such batches. Subclasses set the loss, the evaluation sets and `finish`.
+    """
 
-BatchLoss = Callable[..., tuple[jax.Array, dict]]  # (trainable, frozen, batch, dropout key | None)
+    plot_x = "step"
+    resumable = RESUMABLE
 
-
-class Steps:
-    """The jitted train and evaluation steps of one recipe, on a data-parallel mesh."""
-
-    def __init__(self, batch_loss: BatchLoss, cfg: FinetuneConfig, trainable: dict, frozen: dict):
-        self.mesh = sharding.make_mesh()
-        sharding.check_batch(self.mesh, cfg.batch_size)
-        self.tx = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay, mask=decay_mask)
-        repl = sharding.replicated(self.mesh)
-        self.batch_sharding = sharding.eval_batch_sharding(self.mesh)  # (B, T): B over the batch axes
-        self.state = jax.jit(lambda p: State(jnp.zeros((), jnp.int32), p, self.tx.init(p)), out_shardings=repl)(
-            trainable)
-        self.frozen = jax.device_put(frozen, repl)
-        seed = cfg.seed
-
-        def train(state: State, frozen, batch):
-            key = jax.random.fold_in(jax.random.key(seed), state.step)
-            (_, sums), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params, frozen, batch, key)
-            updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-            return State(state.step + 1, optax.apply_updates(state.params, updates), opt_state), sums
-
-        self._train = jax.jit(train, out_shardings=(repl, repl), donate_argnums=0)
-        self._eval = jax.jit(lambda p, frozen, batch: batch_loss(p, frozen, batch, None)[1], out_shardings=repl)
-
-    def put(self, batch: tuple[np.ndarray, ...]):
-        return tuple(jax.device_put(b, self.batch_sharding) for b in batch)
-
-    def train(self, batch) -> dict:
-        self.state, sums = self._train(self.state, self.frozen, self.put(batch))
-        return sums
-
-    def evaluate(self, batches: Iterable) -> dict[str, float]:
-        """Summed metrics over batches (host floats)."""
-        sums = [self._eval(self.state.params, self.frozen, self.put(b)) for b in batches]
-        return {k: float(sum(np.asarray(s[k]) for s in sums)) for k in sums[0]} if sums else {}
-
-
-def batches(n: int, batch_size: int, seed: int | None, drop_last: bool) -> list[np.ndarray]:
-    """Index arrays of each batch of n examples (shuffled with seed unless None)."""
-    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
-    stop = n - n % batch_size if drop_last else n
-    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
-
-
-def fit(steps: Steps, cfg: FinetuneConfig, train_batches: Callable[[int], Iterable],
-        val_batches: Callable[[], Iterable], summarize: Callable[[dict], dict], log: Callable[[str], None],
-        metrics_path: Path) -> list[dict]:
-    """Train for cfg.epochs, evaluating on validation after each; metrics go to metrics_path (JSON lines)."""
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
-        sums = [steps.train(b) for b in train_batches(epoch)]
-        if not sums:
-            raise UserError(f"the training split has fewer than --batch-size={cfg.batch_size} examples; "
+    def __init__(self, cfg: FinetuneConfig, n_train: int, make: Callable[[np.ndarray], tuple]):
+        self.cfg, self.n_train, self.make = cfg, n_train, make
+        self.steps_per_epoch = n_train // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(f"the training split has {n_train} examples, fewer than --batch-size={cfg.batch_size}; "
                             "lower --batch-size or add data")
-        train = summarize({k: float(sum(np.asarray(s[k]) for s in sums)) for k in sums[0]})
-        val = summarize(steps.evaluate(val_batches()))
-        record = {"epoch": epoch, "step": int(steps.state.step), **{f"train_{k}": v for k, v in train.items()},
-                  **{f"val_{k}": v for k, v in val.items()}}
-        history.append(record)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
-    return history
+        self.max_steps = cfg.epochs * self.steps_per_epoch
+        self.settings = settings(cfg)
+
+    def batch(self, step: int) -> tuple:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng((self.cfg.seed, epoch)).permutation(self.n_train)
+        arrays = self.make(order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size])
+        return tuple(a.reshape(self.cfg.grad_accum, -1, *a.shape[1:]) for a in arrays)  # (accum, micro, ...)
+
+    def record(self, step: int) -> dict:
+        return {"epoch": round(step / self.steps_per_epoch, 4)}
+
+    def batches(self, n: int, micro_batch: int, make: Callable[[np.ndarray], tuple]) -> list[tuple]:
+        """Evaluation batches over examples 0..n-1 in order, the last one filled by `make` to full size."""
+        return [make(np.arange(i, min(i + micro_batch, n))) for i in range(0, n, micro_batch)]
 
 
-def plot_history(history: list[dict], path: Path, key: str, title: str, ylabel: str) -> None:
-    from jaxgpt.plot import plot_lines
+def train(task: Finetune, cfg: FinetuneConfig, run_cfg: Config, model, loss_fn, path: Path, tokenizer_meta: dict,
+          given: Callable[[], dict], devices=None):
+    """Build the engine for `model` (on `devices`, default all) and run `task` into `path`; returns what
+    task.finish returns."""
+    engine = Engine(run_cfg, model, loss_fn, parts(cfg), devices)
+    task.engine = engine
+    if not cfg.overwrite:
+        engine.check_run_dir(path, task, tokenizer_meta)
+    start_over(path, cfg)
+    return engine.run(task, path, tokenizer_meta, given=given, progress=cfg.progress)
 
-    epochs = [r["epoch"] for r in history]
-    plot_lines(path, {split: (epochs, [r[f"{split}_{key}"] for r in history]) for split in ("train", "val")},
-               title=title, xlabel="epoch", ylabel=ylabel)
+
+def resolved(model_cfg, cfg: FinetuneConfig):
+    """The model config the model runs with on this backend (attention kernel chosen, dtype checked)."""
+    return model_lib.resolve(model_cfg, cfg.batch_size // cfg.grad_accum)
 
 
-def unique_path(path: Path) -> Path:
-    """`path`, or the first of path-1, path-2, ... (before the suffix) that does not exist yet."""
-    candidate, i = path, 0
-    while candidate.exists():
-        i += 1
-        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
-    return candidate
+def evaluations(run_dir: Path) -> list[dict]:
+    """The evaluation records of a run's metrics.jsonl (those with validation metrics)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+    return [r for r in map(json.loads, lines) if any(k.startswith("val_") for k in r)]
+
+
+def finish(engine: Engine, results: dict, message: str) -> None:
+    """Write results.json (last: it marks the finetune finished) and say where everything is."""
+    if distributed.is_primary():
+        (engine.run_dir / OUTPUT_MARKER).write_text("written by jaxgpt; --overwrite may replace this folder\n")
+        write_json(engine.run_dir / RESULTS_FILE, results)
+    engine.progress.print(f"{message}; saved to {engine.run_dir}")
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON whole or not at all (a kill mid-write leaves the old file or none)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,7 +1,9 @@
 """Instruction finetuning (the book's chapter 7): Alpaca-format data, the Alpaca prompt, padded batches
 whose padding is ignored by the loss, and exact-match / token-F1 scoring of the responses.
 
-Without a data file the embedded task is the generated, verifiable instruction set of `tasks.py`.
+Training runs on the engine with the fused head loss (the (B, T, 50257) logits never exist). Without a data
+file the embedded task is the generated, verifiable instruction set of `tasks.py`. Everything, the test
+responses included, is written into the output folder.
 """
 
 from __future__ import annotations
@@ -11,23 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import checkpoint
-from jaxgpt.config import Config, DataConfig
+from jaxgpt import distributed, loss
 from jaxgpt.data import read_text
 from jaxgpt.errors import UserError
-from jaxgpt.files import staged_dir
 from jaxgpt.finetune import common, tasks
+from jaxgpt.loss import IGNORE_INDEX
 from jaxgpt.model import GPT
 from jaxgpt.sampling import generate
-from jaxgpt.steps import IGNORE_INDEX, cross_entropy
 from jaxgpt.tokenizer import Tokenizer
 
+TASK = "instruct"
 PREAMBLE = ("Below is an instruction that describes a task. "
             "Write a response that appropriately completes the request.")
 PAD_MULTIPLE = 32  # batches are padded to a multiple of this many tokens: few shapes, few compilations
+RESPONSES_FILE = "test_responses.json"
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class InstructConfig(common.FinetuneConfig):
     score_base: bool = False  # also score the model before finetuning, for comparison
 
 
-def read_instructions(path: str | Path) -> list[dict[str, str]]:
-    """Alpaca-format examples from a JSON list or a JSON-lines file, checked field by field."""
+def read_records(path: str | Path, fields: tuple[str, ...], key: str = "instruction") -> list[dict]:
+    """The objects of a JSON list or a JSON-lines file, each checked to have the text `fields` (and, if it
+    has one, a text "input"); a whole-file object is one record if it has `key`."""
     path = Path(path)
     raw = read_text(path)
     try:
@@ -58,21 +60,28 @@ def read_instructions(path: str | Path) -> list[dict[str, str]]:
             data = [json.loads(line) for line in raw.splitlines() if line.strip()]
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not JSON or JSON lines ({e})") from None
+    example = ", ".join(f'"{f}": ...' for f in fields)
     if isinstance(data, dict):  # a whole-file object: one JSON-lines example, or a wrapper around the list
-        if "instruction" not in data:
+        if key not in data:
             raise UserError(f"{path} holds one JSON object, not a list of examples; write a list "
-                            "[{\"instruction\": ..., \"output\": ...}, ...] or one such object per line (JSON lines)")
+                            f"[{{{example}}}, ...] or one such object per line (JSON lines)")
         data = [data]
     if not isinstance(data, list) or not data:
-        raise UserError(f"{path} must hold a non-empty list of objects with 'instruction' and 'output'")
+        raise UserError(f"{path} must hold a non-empty list of objects with {' and '.join(map(repr, fields))}")
     for i, entry in enumerate(data):
         if not isinstance(entry, dict):
             raise UserError(f"{path}: example {i} is not an object")
-        for key in ("instruction", "output"):
-            if not isinstance(entry.get(key), str):
-                raise UserError(f"{path}: example {i} lacks a text field {key!r}")
+        for field in fields:
+            if not isinstance(entry.get(field), str):
+                raise UserError(f"{path}: example {i} lacks a text field {field!r}")
         if not isinstance(entry.get("input", ""), str):
             raise UserError(f"{path}: example {i} has a non-text 'input'")
+    return data
+
+
+def read_instructions(path: str | Path) -> list[dict[str, str]]:
+    """Alpaca-format examples from a JSON list or a JSON-lines file, checked field by field."""
+    data = read_records(path, ("instruction", "output"))
     return [{"instruction": e["instruction"], "input": e.get("input", ""), "output": e["output"]} for e in data]
 
 
@@ -107,21 +116,11 @@ def collate(sequences: list[list[int]], eot_id: int, allowed_max_length: int | N
     return inputs, targets
 
 
-def _batch_loss(model: common.Model):
-    def batch_loss(trainable, frozen, batch, key):
-        inputs, targets = batch
-        rngs = None if key is None else {"dropout": key}
-        logits, _ = model.forward(trainable, frozen, inputs, deterministic=key is None, rngs=rngs)
-        total, count = cross_entropy(logits, targets)
-        return total / jnp.maximum(count, 1), {"loss_sum": total, "count": count}
-    return batch_loss
-
-
-def respond(model_cfg, params, tokenizer: Tokenizer, entries: list[dict], max_new_tokens: int,
+def respond(model_cfg, params, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int,
             batch_size: int = 8) -> list[str]:
-    """Greedy responses to each entry's Alpaca prompt, stopping at <|endoftext|>."""
-    prompts = [tokenizer.encode(format_prompt(e)) for e in entries]
-    out: list[str] = [""] * len(entries)
+    """Greedy responses to each prompt (e.g. `format_prompt(entry)`), stopping at <|endoftext|>."""
+    prompts = [tokenizer.encode(p) for p in prompts]
+    out: list[str] = [""] * len(prompts)
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):  # equal-length prompts share a batch (generate takes a rectangle)
         by_length.setdefault(len(p), []).append(i)
@@ -138,79 +137,101 @@ def respond(model_cfg, params, tokenizer: Tokenizer, entries: list[dict], max_ne
     return out
 
 
-def finetune(cfg: InstructConfig, log=print) -> dict:
-    """Finetune on instructions as `cfg` says; save the model, curves and test responses. Returns results."""
-    out_dir = common.check(cfg, "out/instruct", allowed=("all", "last_blocks", "lora"))
+def split_entries(n: int, cfg: common.FinetuneConfig) -> dict[str, np.ndarray]:
+    """Shuffled train/val/test index arrays of n examples (refused when a split would be empty)."""
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    n_val, n_test = int(n * cfg.val_fraction), int(n * cfg.test_fraction)
+    n_train = n - n_val - n_test
+    split = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    if min(len(v) for v in split.values()) == 0:
+        raise UserError(f"{n} examples are too few for train/validation/test splits; add examples")
+    return split
+
+
+def needs_eot(tokenizer: Tokenizer, init_from: str) -> None:
+    if tokenizer.eot_id is None:
+        raise UserError(f"the model in {init_from} uses the {tokenizer.name} tokenizer, which has no "
+                        "<|endoftext|> to end a response; start from a GPT-2 BPE model")
+
+
+def fill(batch: tuple[np.ndarray, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (inputs, targets) to `size` rows of pure padding, which count for nothing."""
+    x, y = batch
+    extra = size - len(x)
+    return np.pad(x, ((0, extra), (0, 0))), np.pad(y, ((0, extra), (0, 0)), constant_values=IGNORE_INDEX)
+
+
+class Instruct(common.Finetune):
+    name = TASK
+
+    def __init__(self, cfg: InstructConfig, entries, split, prompts, seqs, tokenizer: Tokenizer, max_length: int,
+                 truncated: int):
+        self.entries, self.split, self.tokenizer, self.truncated = entries, split, tokenizer, truncated
+
+        def make(idx, rows=split["train"]):
+            pl = [len(prompts[rows[i]]) for i in idx] if cfg.mask_prompt else None
+            return collate([seqs[rows[i]] for i in idx], tokenizer.eot_id, max_length, pl, PAD_MULTIPLE)
+
+        super().__init__(cfg, len(split["train"]), make)
+        self.make_val = lambda idx: make(idx, split["val"])
+        self.describe = {"template": "alpaca", "lora": common.lora_record(cfg)}
+
+    def eval_sets(self) -> dict[str, list[tuple]]:
+        micro = self.engine.micro_batch
+        return {"val": self.batches(len(self.split["val"]), micro, lambda idx: fill(self.make_val(idx), micro))}
+
+    def summarize(self, metrics: dict) -> dict:
+        return {**metrics, "val_perplexity": float(np.exp(metrics["val_loss"]))}
+
+    def finish(self, engine, state, frozen) -> dict:
+        cfg = self.cfg
+        test = [self.entries[i] for i in self.split["test"]]
+        model_cfg = engine.model.config
+        prompts = [format_prompt(e) for e in test]
+        responses = respond(model_cfg, engine.full_params(state, frozen), self.tokenizer, prompts, cfg.max_new_tokens)
+        score = tasks.score(responses, [e["output"] for e in test])
+        base = None
+        if cfg.score_base:
+            base = tasks.score(respond(model_cfg, common.base_params(cfg, model_cfg), self.tokenizer, prompts,
+                                       cfg.max_new_tokens), [e["output"] for e in test])
+        results = {"test": score, "base_test": base, "examples": {k: len(v) for k, v in self.split.items()},
+                   "truncated": self.truncated, "evaluations": common.evaluations(engine.run_dir)}
+        answered = [{**e, "model_response": r} for e, r in zip(test, responses)]
+        if distributed.is_primary():
+            if not cfg.data:  # the generated set is an input too: keep it beside its responses
+                common.write_json(engine.run_dir / "instructions.json", self.entries)
+            common.write_json(engine.run_dir / RESPONSES_FILE, answered)
+        before = f" (before finetuning {base['exact_match']:.3f})" if base else ""
+        common.finish(engine, results, f"test: exact match {score['exact_match']:.3f}{before}, token F1 "
+                      f"{score['token_f1']:.3f} on {score['n']} examples; responses in {RESPONSES_FILE}")
+        return results
+
+
+def finetune(cfg: InstructConfig, devices=None) -> dict | None:
+    """Finetune on instructions as `cfg` says into cfg.out_dir (resuming an unfinished one there); the model,
+    curves, test responses and scores land there. Returns results.json's dict (None if a signal stopped it)."""
+    common.check(cfg, ("all", "last_blocks", "lora"))
     for key in ("max_new_tokens", "n_tasks"):
         if getattr(cfg, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}")
+    path = common.out_dir(cfg, "out/instruct")
     entries = read_instructions(cfg.data) if cfg.data else tasks.generate_tasks(cfg.n_tasks, cfg.seed)
-    model_cfg, gpt_params, tokenizer = common.load_base(cfg)
-    if tokenizer.eot_id is None:
-        raise UserError(f"the model in {cfg.init_from} uses the {tokenizer.name} tokenizer, which has no "
-                        "<|endoftext|> to end a response; start from a GPT-2 BPE model")
+    model_cfg, tokenizer = common.base_model(cfg)
+    needs_eot(tokenizer, cfg.init_from)
     max_length = cfg.max_length or model_cfg.block_size
     if max_length > model_cfg.block_size:
         raise UserError(f"--max-length={max_length} exceeds the model's context of {model_cfg.block_size}")
-    order = np.random.default_rng(cfg.seed).permutation(len(entries))
-    n_val, n_test = int(len(entries) * cfg.val_fraction), int(len(entries) * cfg.test_fraction)
-    n_train = len(entries) - n_val - n_test
-    split = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    if min(len(v) for v in split.values()) == 0:
-        raise UserError(f"{len(entries)} examples are too few for train/validation/test splits; add examples")
+    split = split_entries(len(entries), cfg)
     prompts = [tokenizer.encode(format_prompt(e)) for e in entries]
     seqs = [p + tokenizer.encode(e["output"]) for p, e in zip(prompts, entries)]
     too_long = sum(len(seqs[i]) + 1 > max_length for i in np.concatenate([split["train"], split["val"]]))
     if too_long and not cfg.truncate:
         raise UserError(f"{too_long} examples are longer than {max_length} tokens; "
                         "raise --max-length or allow --truncate")
-    log(f"{n_train}/{n_val}/{n_test} train/val/test examples; {too_long} longer than {max_length} tokens are cut")
-
-    model, trainable, frozen = common.split_params(cfg, model_cfg, {"gpt": gpt_params})
-    steps = common.Steps(_batch_loss(model), cfg, trainable, frozen)
-
-    def make(idx):
-        pl = [len(prompts[i]) for i in idx] if cfg.mask_prompt else None
-        return collate([seqs[i] for i in idx], tokenizer.eot_id, max_length, pl, PAD_MULTIPLE)
-
-    def val_batches():
-        out = []
-        for idx in common.batches(n_val, cfg.batch_size, None, False):
-            x, y = make(split["val"][idx])
-            fill = cfg.batch_size - len(idx)  # rows of pure padding keep the batch shape and count nothing
-            out.append((np.pad(x, ((0, fill), (0, 0))), np.pad(y, ((0, fill), (0, 0)), constant_values=IGNORE_INDEX)))
-        return out
-
-    base_score = None
-    test = [entries[i] for i in split["test"]]
-    if cfg.score_base:
-        base_score = tasks.score(respond(model_cfg, gpt_params, tokenizer, test, cfg.max_new_tokens),
-                                 [e["output"] for e in test])
-        log(f"before finetuning: exact match {base_score['exact_match']:.3f}, token F1 {base_score['token_f1']:.3f}")
-    summarize = lambda s: {"loss": s["loss_sum"] / max(s["count"], 1)}  # noqa: E731
-    with staged_dir(out_dir, cfg.overwrite) as tmp:
-
-        def train_batches(epoch):
-            order = common.batches(n_train, cfg.batch_size, cfg.seed + epoch, drop_last=True)
-            return (make(split["train"][i]) for i in order)
-
-        history = common.fit(steps, cfg, train_batches, val_batches, summarize, log, tmp / "metrics.jsonl")
-        common.plot_history(history, tmp / "loss.png", "loss", "instruction finetuning loss", "cross-entropy")
-        params = model.merged(steps.state.params, steps.frozen)["gpt"]
-        responses = respond(model_cfg, params, tokenizer, test, cfg.max_new_tokens)
-        score = tasks.score(responses, [e["output"] for e in test])
-        results = {"test": score, "base_test": base_score, "examples": {k: len(v) for k, v in split.items()},
-                   "truncated": int(too_long), "epochs": history}
-        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        checkpoint.save_model(tmp, Config(model=model_cfg, data=DataConfig(tokenizer=tokenizer.name)), params,
-                              tokenizer.meta(), {"finetuned": "instruct", "template": "alpaca",
-                                                 "init_from": cfg.init_from})
-        if not cfg.data:  # the generated set is an input too: keep it beside its responses
-            (tmp / "instructions.json").write_text(json.dumps(entries, indent=1) + "\n")
-    inputs = Path(cfg.data) if cfg.data else out_dir / "instructions.json"
-    responses_path = common.unique_path(inputs.with_name(f"{inputs.stem}-responses.json"))
-    answered = [{**e, "model_response": r} for e, r in zip(test, responses)]
-    responses_path.write_text(json.dumps(answered, indent=1) + "\n")
-    log(f"test: exact match {score['exact_match']:.3f}, token F1 {score['token_f1']:.3f} on {score['n']} examples; "
-        f"responses in {responses_path}; model saved to {out_dir}")
-    return {**results, "responses": str(responses_path)}
+    model = GPT(common.resolved(model_cfg, cfg))
+    task = Instruct(cfg, entries, split, prompts, seqs, tokenizer, max_length, int(too_long))
+    print(f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test examples; "
+          f"{too_long} longer than {max_length} tokens are cut")
+    run_cfg = common.run_config(cfg, model_cfg, tokenizer.name, path, task.max_steps, task.steps_per_epoch)
+    return common.train(task, cfg, run_cfg, model, loss.language_model(model, common.parts(cfg).lora), path,
+                        tokenizer.meta(), lambda: common.base_params(cfg, model_cfg), devices)

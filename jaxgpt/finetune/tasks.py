@@ -271,3 +271,54 @@ def score(predictions: list[str], references: list[str]) -> dict[str, float]:
     matches = sum(exact_match(p, r) for p, r in zip(predictions, references))
     f1 = sum(token_f1(p, r) for p, r in zip(predictions, references))
     return {"exact_match": matches / n, "token_f1": f1 / n, "n": n}
+
+
+# --- preference pairs: the right answer against a plausible wrong one (for DPO) -------------------------
+
+def _near_number(answer: str, rng: random.Random) -> str:
+    value = int(answer)
+    offsets = [d for d in (-3, -2, -1, 1, 2, 3) if value + d >= 0]
+    return str(value + rng.choice(offsets))
+
+
+def _wrong_words(words: list[str], right: str, rng: random.Random) -> str:
+    """Another order of the same words (the input's own order first, when that is wrong)."""
+    if " ".join(words) != right:
+        return " ".join(words)
+    shuffled = words[:]
+    while " ".join(shuffled) == right:
+        rng.shuffle(shuffled)
+    return " ".join(shuffled)
+
+
+def wrong_answer(example: dict[str, str], rng: random.Random) -> str:
+    """A plausible but wrong answer to a generated example: the mistake a weak model would make (a number
+    off by a little, the words left in their order, the case unchanged, a regular plural, ...)."""
+    kind, right, text = kind_of(example), example["output"], example["input"]
+    if kind in ("add", "subtract", "multiply", "count_letters", "count_words"):
+        return _near_number(right, rng)
+    if kind == "larger":
+        return str(min(int(n) for n in text.split(" and ")))
+    if kind in ("reverse_words", "sort_words"):
+        return _wrong_words(text.split(), right, rng)
+    if kind in ("upper_case", "lower_case"):
+        return text if text != right else text.swapcase()
+    if kind == "plural":
+        regular = text + "s"
+        return regular if regular != right else text
+    if kind == "first_letter":
+        return text[-1] if text[-1] != right else rng.choice([c for c in string.ascii_lowercase if c != right])
+    if kind == "repeat_word":
+        words = right.split()
+        return " ".join(words[:-1] if len(words) > 2 else words + words[:1])
+    if kind == "antonym":
+        return text
+    raise ValueError(f"not a generated example: {example['instruction']!r}")
+
+
+def preference_pairs(n: int = 1000, seed: int = 0) -> list[dict[str, str]]:
+    """n preference records {"instruction", "input", "chosen", "rejected"}: the generated examples of
+    `generate_tasks(n, seed)`, the right answer chosen over a plausible wrong one."""
+    rng = random.Random(seed + 1)
+    return [{"instruction": e["instruction"], "input": e["input"], "chosen": e["output"],
+             "rejected": wrong_answer(e, rng)} for e in generate_tasks(n, seed)]
