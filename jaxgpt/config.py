@@ -101,6 +101,9 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip (and count) updates with a NaN/inf loss or gradient instead of stopping
     hellaswag: str = ""  # a HellaSwag JSONL file: its accuracy at every evaluation (metrics.jsonl, hellaswag.png)
     hellaswag_limit: int = 0  # only its first N examples (0: all)
+    tensorboard: bool = False  # also write TensorBoard event files into <out_dir>/tensorboard (needs jaxgpt[tensorboard])
+    profile_steps: str = ""  # "A:B": record a jax.profiler trace of steps A to B into <out_dir>/profile
+    compile_cache: str = "auto"  # JAX's persistent compilation cache: "auto" (the user cache folder), a folder, or "" (off)
 
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -158,7 +161,7 @@ RESUMABLE_KEYS = frozenset(
     {"train.max_steps", "train.log_interval", "train.eval_interval", "train.eval_steps",
      "train.sample_interval", "train.sample_tokens", "train.sample_prompt", "train.keep_checkpoints",
      "train.progress", "train.out_dir", "data.cache_dir", "train.skip_nonfinite", "train.hellaswag",
-     "train.hellaswag_limit"}
+     "train.hellaswag_limit", "train.tensorboard", "train.profile_steps", "train.compile_cache"}
     # How the same computation is carried out is not what it learns either.
     | {"model.attention", "model.remat"}
     # Where the work runs is not what it learns: a checkpoint restores onto any mesh and process count.
@@ -298,6 +301,9 @@ def validate(cfg: Config) -> Config:
     if t.batch_size % t.grad_accum:
         raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum})")
     _validate_mesh(cfg.mesh, cfg.dist)
+    from jaxgpt.observe import parse_steps
+
+    parse_steps(t.profile_steps)
     return cfg
 
 

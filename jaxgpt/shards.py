@@ -13,7 +13,7 @@ piece, the shards written, the buffers of the shards being filled) is saved in `
 `partial-*.bin`; a killed run started again continues from there and ends with the same bytes.
 
 With `part=(i, n)` a machine prepares every n-th input file from the i-th into the same folder, its files
-named `train-p{i}of{n}-*.bin` and `manifest-p{i}of{n}.json`; `merge_parts` (or `load_shards` at training
+named `train-p{i}of{n}-*.bin` and `manifest-p{i}of{n}.json`; `tokens.merge_parts` (or `load_shards` at training
 time) joins the parts into one dataset: the same documents, so the same token multiset, as one machine's.
 """
 
@@ -91,7 +91,7 @@ def _disk_full(path: Path, e: OSError) -> UserError:
     return UserError(f"cannot write {path}: {e.strerror or e}")
 
 
-def _write_file(path: Path, data) -> None:
+def write_file(path: Path, data) -> None:
     """Write bytes whole or not at all (the folder is made on the first write)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -131,14 +131,14 @@ class _Split:
     def _write(self) -> None:
         name = f"{self.name}-{self.prefix}{len(self.shards):06d}.bin"
         data = memoryview(self.buf[:self.n])
-        _write_file(self.out / name, data)
+        write_file(self.out / name, data)
         self.shards.append({"file": name, "split": self.name, "tokens": int(self.n),
                             "sha256": hashlib.sha256(data).hexdigest()})
         self.n = 0
 
     def save_partial(self, generation: int) -> str:
         name = f".partial-{self.name}-{self.prefix}{generation}.bin"
-        _write_file(self.out / name, memoryview(self.buf[:self.n]))
+        write_file(self.out / name, memoryview(self.buf[:self.n]))
         return name
 
     def finish(self) -> list[dict]:
@@ -271,7 +271,7 @@ def prepare_shards(sources: list[str], out: str | Path, tokenizer: dict, text_fi
                      "generation": generation[0],
                      "splits": {s: {"shards": splits[s].shards, "partial": splits[s].save_partial(generation[0])}
                                 for s in SPLITS}}
-            _write_file(out / progress_name, json.dumps(state).encode())
+            write_file(out / progress_name, json.dumps(state).encode())
             _remove_old_partials(out, _tag(part), generation[0])
 
     todo = (p for p in corpus.pieces(files, piece_bytes) if p.index >= start)  # resuming skips without reading
@@ -286,7 +286,7 @@ def prepare_shards(sources: list[str], out: str | Path, tokenizer: dict, text_fi
                 "sources": [{"path": p, "bytes": b} for p, b in settings.sources],
                 "documents": {**counts["docs"], "skipped": counts["skipped"]}, "tokens": counts["tokens"],
                 "shards": shards}
-    _write_file(out / manifest_name, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_file(out / manifest_name, (json.dumps(manifest, indent=1) + "\n").encode())
     (out / progress_name).unlink(missing_ok=True)
     _remove_old_partials(out, _tag(part), None)
     meter.done()
@@ -356,45 +356,7 @@ class _Meter:
         self.log(self.line(time.perf_counter()))
 
 
-# --- parts, and char/word vocabularies ---------------------------------------------------------------------
-
-def merge_manifests(parts: list[dict], folder: Path) -> dict:
-    """One dataset from the manifests of parts 1..N of `--part I/N` runs (all present, prepared alike)."""
-    if not parts:
-        raise UserError(f"{folder} holds no manifest.json (nor part manifests); prepare the data with `jaxgpt "
-                        "prepare SOURCE... --out DIR` (an unfinished preparation continues when run again)")
-    n = parts[0]["part"][1]
-    have = sorted(p["part"][0] for p in parts)
-    if have != list(range(1, n + 1)) or any(p["part"][1] != n for p in parts):
-        missing = sorted(set(range(1, n + 1)) - set(have))
-        raise UserError(f"{folder} holds parts {have} of {n}; prepare part(s) {missing} (--part I/{n}) before "
-                        "training or merging")
-    first = parts[0]
-    for p in parts[1:]:
-        if p["tokenizer"] != first["tokenizer"]:
-            raise UserError(f"the parts in {folder} were prepared with different tokenizers (part 1: "
-                            f"{first['tokenizer'].get('kind')}, part {p['part'][0]}: {p['tokenizer'].get('kind')}); "
-                            "prepare every part with the same --tokenizer")
-        for key in ("dtype", "shard_tokens", "split"):
-            if p[key] != first[key]:
-                raise UserError(f"the parts in {folder} differ in {key}; prepare every part with the same settings")
-    parts = sorted(parts, key=lambda p: p["part"][0])
-    total = lambda key, s: sum(p[key][s] for p in parts)  # noqa: E731
-    return {**{k: first[k] for k in ("format", "tokenizer", "dtype", "shard_tokens", "split", "separator")},
-            "parts": n, "part": [1, 1], "sources": [s for p in parts for s in p["sources"]],
-            "documents": {s: total("documents", s) for s in (*SPLITS, "skipped")},
-            "tokens": {s: total("tokens", s) for s in SPLITS}, "shards": [sh for p in parts for sh in p["shards"]]}
-
-
-def merge_parts(folder: str | Path) -> dict:
-    """Write manifest.json for the parts prepared into `folder`; returns it."""
-    folder = Path(folder)
-    if (folder / "manifest.json").is_file():
-        raise UserError(f"{folder} already has a manifest.json; nothing to merge")
-    merged = merge_manifests([json.loads(p.read_text()) for p in sorted(folder.glob("manifest-p*of*.json"))], folder)
-    _write_file(folder / "manifest.json", (json.dumps(merged, indent=1) + "\n").encode())
-    return merged
-
+# --- char and word vocabularies ---------------------------------------------------------------------------
 
 def _vocabulary_of(piece: corpus.Piece) -> set[str]:
     w = _WORKER

@@ -14,6 +14,7 @@ generator seeded by (seed, step) alone. With one shard this is exactly `data.win
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +51,6 @@ def is_sharded(folder: Path) -> bool:
 def merged_manifest(folder: Path) -> dict:
     """The dataset in `folder`: manifest.json, or the union of every part's manifest (all parts present,
     prepared alike)."""
-    from jaxgpt.shards import merge_manifests
-
     whole = folder / "manifest.json"
     if whole.is_file():
         return _read(whole)
@@ -63,6 +62,46 @@ def _read(path: Path) -> dict:
     from jaxgpt.files import read_json_object
 
     return read_json_object(path, "prepare the data again")
+
+
+def merge_manifests(parts: list[dict], folder: Path) -> dict:
+    """One dataset from the manifests of parts 1..N of `--part I/N` runs (all present, prepared alike)."""
+    if not parts:
+        raise UserError(f"{folder} holds no manifest.json (nor part manifests); prepare the data with `jaxgpt "
+                        "prepare SOURCE... --out DIR` (an unfinished preparation continues when run again)")
+    n = parts[0]["part"][1]
+    have = sorted(p["part"][0] for p in parts)
+    if have != list(range(1, n + 1)) or any(p["part"][1] != n for p in parts):
+        missing = sorted(set(range(1, n + 1)) - set(have))
+        raise UserError(f"{folder} holds parts {have} of {n}; prepare part(s) {missing} (--part I/{n}) before "
+                        "training or merging")
+    first = parts[0]
+    for p in parts[1:]:
+        if p["tokenizer"] != first["tokenizer"]:
+            raise UserError(f"the parts in {folder} were prepared with different tokenizers (part 1: "
+                            f"{first['tokenizer'].get('kind')}, part {p['part'][0]}: {p['tokenizer'].get('kind')}); "
+                            "prepare every part with the same --tokenizer")
+        for key in ("dtype", "shard_tokens", "split"):
+            if p[key] != first[key]:
+                raise UserError(f"the parts in {folder} differ in {key}; prepare every part with the same settings")
+    parts = sorted(parts, key=lambda p: p["part"][0])
+    total = lambda key, s: sum(p[key][s] for p in parts)  # noqa: E731
+    return {**{k: first[k] for k in ("format", "tokenizer", "dtype", "shard_tokens", "split", "separator")},
+            "parts": n, "part": [1, 1], "sources": [s for p in parts for s in p["sources"]],
+            "documents": {s: total("documents", s) for s in ("train", "val", "skipped")},
+            "tokens": {s: total("tokens", s) for s in ("train", "val")}, "shards": [sh for p in parts for sh in p["shards"]]}
+
+
+def merge_parts(folder: str | Path) -> dict:
+    """Write manifest.json for the parts prepared into `folder`; returns it."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        raise UserError(f"{folder} already has a manifest.json; nothing to merge")
+    merged = merge_manifests([json.loads(p.read_text()) for p in sorted(folder.glob("manifest-p*of*.json"))], folder)
+    from jaxgpt.shards import write_file
+
+    write_file(folder / "manifest.json", (json.dumps(merged, indent=1) + "\n").encode())
+    return merged
 
 
 def load_shards(folder: str | Path) -> TokenData:

@@ -14,11 +14,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgpt import config as config_lib, distributed, loss, model as model_lib, sharding, tokens
+from jaxgpt import config as config_lib, distributed, info, loss, model as model_lib, observe, sharding, tokens
 from jaxgpt.config import Config
 from jaxgpt.engine import Engine, Task
 from jaxgpt.run_files import check_out_dir
 from jaxgpt.errors import UserError
+from jaxgpt.observe import Board
 from jaxgpt.model import GPT
 from jaxgpt.run_files import RunFiles
 from jaxgpt.sampling import generate
@@ -83,17 +84,15 @@ class Pretrain(Task):
     name = "pretrain"
     plot_x = "tokens"
 
-    def __init__(self, cfg: Config, prepared: tokens.TokenData, model: GPT, micro_batch: int):
+    def __init__(self, cfg: Config, prepared: tokens.TokenData, model: GPT, micro_batch: int, hellaswag=()):
         self.cfg, self.data, self.model, self.micro_batch = cfg, prepared, model, micro_batch
         self.tokenizer = tokenizer_from_meta(prepared.tokenizer_meta)
         self.files = RunFiles(Path(cfg.train.out_dir), distributed.is_primary())
         self.summary = f"data: {prepared.summary}"
-        self.hellaswag = []
-        if cfg.train.hellaswag:  # read (and checked) now, not at the first evaluation
-            from jaxgpt.evaluation import read_hellaswag
+        self.hellaswag = list(hellaswag)
+        if self.hellaswag:  # checked now, not at the first evaluation
             from jaxgpt.tokenizer import unknown_characters
 
-            self.hellaswag = read_hellaswag(cfg.train.hellaswag, cfg.train.hellaswag_limit)
             unknown = unknown_characters(self.tokenizer, (t for e in self.hellaswag for t in (e.ctx, *e.endings)))
             if unknown:
                 raise UserError(f"{cfg.train.hellaswag} has characters the {self.tokenizer.name} tokenizer does not "
@@ -139,12 +138,15 @@ class Pretrain(Task):
         tc = self.cfg.train
         if not (tc.sample_interval and step % tc.sample_interval == 0 and step < tc.max_steps):
             return False
-        self.files.log_sample(step, self.sample(state.params, step), engine.progress, f"sample at step {step}")
+        text = self.sample(state.params, step)
+        self.files.log_sample(step, text, engine.progress, f"sample at step {step}")
+        engine.board.text("sample", text, step)
         return True
 
     def finish(self, engine, state, frozen):
         text = self.sample(state.params, self.cfg.train.seed, tokens=max(self.cfg.train.sample_tokens, 1))
         self.files.log_sample(int(state.step), text, engine.progress, "final sample")
+        engine.board.text("sample", text, int(state.step))
 
 
 class Trainer:
@@ -157,8 +159,16 @@ class Trainer:
         cfg = config_lib.validate(cfg)
         distributed.initialize(cfg.dist)  # before any device is touched
         tc = cfg.train
+        observe.use_compile_cache(tc.compile_cache)  # before anything compiles
+        Board.check(tc.tensorboard)
+        info.print_warning()
         check_out_dir(tc.out_dir)  # what can be refused is refused before the data is prepared
         sharding.check_batch(sharding.make_mesh(cfg.mesh, devices), tc.batch_size // tc.grad_accum)
+        hellaswag = ()
+        if tc.hellaswag:
+            from jaxgpt.evaluation import read_hellaswag
+
+            hellaswag = read_hellaswag(tc.hellaswag, tc.hellaswag_limit)
         if not distributed.is_primary():  # process 0 prepares the shared token files first; the others then read them
             distributed.barrier("jaxgpt:prepare")
         self.data = tokens.open_data(cfg.data.source, cfg.data.tokenizer, cfg.data.cache_dir, cfg.data.val_fraction)
@@ -170,7 +180,7 @@ class Trainer:
         micro = tc.batch_size // tc.grad_accum
         self.model = GPT(model_lib.resolve(self.cfg.model, micro))
         self.engine = Engine(self.cfg, self.model, loss.language_model(self.model), devices=devices)
-        self.task = Pretrain(self.cfg, self.data, self.model, self.engine.micro_batch)
+        self.task = Pretrain(self.cfg, self.data, self.model, self.engine.micro_batch, hellaswag)
         self.engine.check_run_dir(tc.out_dir, self.task, self.data.tokenizer_meta)
 
     def pretrained(self) -> dict:

@@ -1,11 +1,16 @@
 """Shared fixtures: strict numerics, a tiny model config and a small generated corpus."""
 
 import dataclasses
+import os
+import tempfile
 
-import jax
+# The runs of the suite keep JAX's compilation cache in a folder of their own, not in the user's.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxgpt-test-jax-cache-"))
+
+import jax  # noqa: E402
 import pytest
 
-from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig
+from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig  # noqa: E402
 
 # Implicit rank promotion hides shape bugs; make it an error everywhere in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -71,14 +76,21 @@ def last_logged_step(run_dir) -> int:
 
 
 def sigkill_at(command, run_dir, step: int, cwd, env, timeout: float = 240):
-    """Start `command`, kill it with SIGKILL once `run_dir` has logged `step`; returns its exit status."""
+    """Start `command`, kill it with SIGKILL once `run_dir` has logged `step` and holds at least one
+    finished checkpoint (Orbax saves in the background, so on a slow machine the first save may still
+    be in flight steps later); returns its exit status."""
     import signal
     import subprocess
     import time
 
+    def finished_checkpoint() -> bool:
+        folder = run_dir / "checkpoints"
+        return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
-    while last_logged_step(run_dir) < step and proc.poll() is None and time.time() < deadline:
+    while ((last_logged_step(run_dir) < step or not finished_checkpoint())
+           and proc.poll() is None and time.time() < deadline):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)

@@ -52,6 +52,12 @@ CASES = [
          lambda e: e.train(e.base.corpus, "--train.batch_size=0"), "train.batch_size must be positive, got 0"),
     Case("train-negative-n-head", "train",
          lambda e: e.train(e.base.corpus, "--model.n_head=-2"), "model.n_head must be positive, got -2"),
+    Case("train-malformed-profile-steps", "train",
+         lambda e: e.train(e.base.corpus, "--train.profile_steps=5"), "train.profile_steps '5' must be A:B"),
+    Case("train-profile-steps-backwards", "train",
+         lambda e: e.train(e.base.corpus, "--train.profile_steps=9:3"), "(1 <= A <= B)"),
+    Case("train-hellaswag-file-missing", "train",
+         lambda e: e.train(e.base.corpus, f"--train.hellaswag={e.tmp / 'hs.jsonl'}"), "hs.jsonl does not exist"),
     Case("train-zero-eval-interval", "train",
          lambda e: e.train(e.base.corpus, "--train.eval_interval=0"), "train.eval_interval must be positive"),
     Case("train-negative-warmup", "train",
@@ -189,7 +195,8 @@ def test_the_table_covers_every_command():
     commands = {c.id.split("-")[0] if c.id.split("-")[0] != "finetune" else "-".join(c.id.split("-")[:2])
                 for c in CASES + TOOL_CASES}
     sub = next(a for a in build_parser()._actions if a.dest == "command")  # every command of the CLI
-    expected = {name for name in sub.choices if name != "finetune"} | {f"finetune-{r}" for r in RECIPES}
+    no_inputs = {"info"}  # takes no arguments or files, so nothing a user can get wrong
+    expected = ({name for name in sub.choices if name != "finetune"} - no_inputs) | {f"finetune-{r}" for r in RECIPES}
     assert commands == expected
     assert len(CASES + TOOL_CASES) >= 30
 

@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_benchmark_suite_runs_on_tiny_shapes(tmp_path):
     out = tmp_path / "suite.json"
     res = subprocess.run([sys.executable, "benchmarks/suite.py", "--tiny", "--repeats", "2", "--pause", "0",

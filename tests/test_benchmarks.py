@@ -1,9 +1,15 @@
 """The benchmark scripts run end to end on a tiny config (their numbers are not asserted)."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+# Smoke tests of the benchmark scripts: each runs a script end to end (tens of seconds); `pytest -m slow`.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,3 +61,27 @@ def test_scaling_benchmark_runs_on_fake_devices():
     assert res.returncode == 0, res.stderr
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "ms/step" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["1", "2", "2", "4", "4", "8", "8"], res.stdout
+
+
+def test_device_check_runs_on_a_stand_in_model():
+    res = subprocess.run([sys.executable, "benchmarks/device_check.py", "--tiny", "--repeats", "1"],
+                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and not line.startswith("| check")]
+    names = [r.split("|")[1].strip() for r in rows]
+    assert any(n.startswith("attention xla") for n in names) and any(n.startswith("attention cudnn") for n in names)
+    assert [n.split(",")[0] for n in names if n.startswith("remat")] == ["remat none", "remat dots", "remat full"]
+    assert sum(n.startswith("cached greedy decoding") for n in names) == 2 and names[-1].startswith("FSDP over")
+
+
+def test_side_by_side_with_nanogpt_style_torch_runs(tmp_path):
+    out = tmp_path / "vs.json"
+    res = subprocess.run([sys.executable, "benchmarks/vs_nanogpt.py", "--recipes", "char", "--steps", "1",
+                          "--rounds", "2", "--warmup", "1", "--json", str(out), "--model.n_layer=1",
+                          "--model.n_embd=32", "--model.n_head=2", "--train.batch_size=4",
+                          f"--data.cache_dir={tmp_path / 'data'}"],
+                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    case = json.loads(out.read_text())["cases"]["char"]
+    assert len(case["jaxgpt"]["steps_s"]) == len(case["torch"]["steps_s"]) == 2 and case["ratio"] > 0
+    assert "| char | 1 layers, 2 heads, width 32" in res.stdout

@@ -182,3 +182,17 @@ def test_split_documents_holds_out_the_end_of_each_document():
     docs = ["a1\na2\na3\na4\n", "b1\nb2\nb3\nb4\n"]
     train, val = data.split_documents(docs, 0.25)
     assert train == "a1\na2\na3\n\n\nb1\nb2\nb3\n" and val == "a4\n\n\nb4\n"
+
+
+def test_the_embedded_corpus_finds_its_cache_without_cleaning_the_plays(tmp_path, monkeypatch):
+    first = data.prepare("shakespeare", "char", str(tmp_path))
+
+    def no_cleaning(*_):
+        raise AssertionError("the plays were cleaned again")
+
+    monkeypatch.setattr(data, "load_documents", no_cleaning)
+    again = data.prepare("shakespeare", "char", str(tmp_path))
+    assert again.folder == first.folder and again.train_tokens == first.train_tokens
+    monkeypatch.undo()
+    monkeypatch.setattr(shakespeare, "CLEANER_VERSION", shakespeare.CLEANER_VERSION + 1)  # a new cleaner: a new key
+    assert data.prepare("shakespeare", "char", str(tmp_path)).folder != first.folder

@@ -68,6 +68,7 @@ def test_init_from_refuses_what_does_not_fit(pretrained, tiny_config, tmp_path):
         Trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(tmp_path / "no"))))
 
 
+@pytest.mark.slow  # a 124M model trained for a few steps on 2 cores: about a minute
 def test_finetuning_gpt2_124m_shape_lowers_the_validation_loss(tiny_config, corpus, tmp_path):
     """The shipped recipe, shortened, from a randomly initialised 124M-shaped GPT-2 read from HF files."""
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxgpt import distributed, model as model_lib
+from jaxgpt import distributed, info, model as model_lib, observe
 from jaxgpt.config import Config, DataConfig, DistConfig, MeshConfig, TrainConfig, validate
 from jaxgpt.engine import Engine, Task
 from jaxgpt.run_files import read_task
 from jaxgpt.errors import UserError
 from jaxgpt.files import OUTPUT_MARKER
 from jaxgpt.lora import LoraConfig
+from jaxgpt.observe import Board
 from jaxgpt.trainable import Parts
 
 RESULTS_FILE = "results.json"  # written last: a folder with it holds a finished finetune
@@ -64,19 +65,25 @@ class FinetuneConfig:
     keep_checkpoints: int = 2  # latest N kept, plus the best by validation loss
     skip_nonfinite: bool = False  # skip (and count) updates with a NaN/inf loss or gradient instead of stopping
     progress: bool = True  # one updating progress line on a terminal
+    tensorboard: bool = False  # also write TensorBoard event files into out_dir/tensorboard (needs jaxgpt[tensorboard])
+    profile_steps: str = ""  # "A:B": record a jax.profiler trace of steps A to B into out_dir/profile
+    compile_cache: str = "auto"  # JAX's persistent compilation cache: "auto", a folder, or "" (off)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
 
 # Settings a resumed finetune may change: how long it runs, what it reports, and where it runs.
 RESUMABLE = frozenset({"epochs", "out_dir", "overwrite", "log_interval", "eval_interval", "keep_checkpoints",
-                       "skip_nonfinite", "progress", "mesh", "dist", "max_new_tokens", "score_base"})
+                       "skip_nonfinite", "progress", "mesh", "dist", "max_new_tokens", "score_base", "tensorboard",
+                       "profile_steps", "compile_cache"})
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """One `--field-name` option per dataclass field, typed from its annotation, defaulting to None; nested
     dataclasses (mesh, dist) become `--mesh.fsdp` and so on."""
-    hints = typing.get_type_hints(cls)
+    from jaxgpt.settings_help import field_comments
+
+    hints, comments = typing.get_type_hints(cls), field_comments(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
@@ -85,11 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
         flag = "--" + prefix + (f.name.replace("_", "-") if not prefix else f.name)
         dest = (prefix + f.name).replace(".", "__")
         default = f.default if f.default is not dataclasses.MISSING else None
+        text = comments.get(f.name, "").replace("%", "%%")
         if tp is bool:
             parser.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction,
-                                help=f"(default {'yes' if default else 'no'})")
+                                help=f"{text} (default {'yes' if default else 'no'})")
         else:
-            parser.add_argument(flag, dest=dest, type=tp, default=None, help=f"(default {default!r})")
+            parser.add_argument(flag, dest=dest, type=tp, default=None, metavar=tp.__name__.upper(),
+                                help=f"{text} (default {default!r})")
 
 
 def from_arguments(cls: type, args, prefix: str = "", **defaults):
@@ -129,8 +138,11 @@ def check(cfg: FinetuneConfig, allowed: tuple[str, ...]) -> None:
     for key in ("val_fraction", "test_fraction"):
         if not 0 < getattr(cfg, key) < 0.5:
             raise UserError(f"--{key.replace('_', '-')} must be between 0 and 0.5")
-    validate(Config(mesh=cfg.mesh, dist=cfg.dist))
+    validate(Config(mesh=cfg.mesh, dist=cfg.dist, train=TrainConfig(profile_steps=cfg.profile_steps)))
+    Board.check(cfg.tensorboard)
     distributed.initialize(cfg.dist)
+    observe.use_compile_cache(cfg.compile_cache)  # before anything compiles
+    info.print_warning()
 
 
 def out_dir(cfg: FinetuneConfig, default: str) -> Path:
@@ -193,7 +205,8 @@ def run_config(cfg: FinetuneConfig, model_cfg, tokenizer_name: str, path: Path, 
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, beta1=0.9, beta2=0.999,
         grad_clip=cfg.grad_clip, log_interval=cfg.log_interval, eval_interval=cfg.eval_interval or steps_per_epoch,
         eval_steps=1, sample_interval=0, keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress,
-        init_from=cfg.init_from, skip_nonfinite=cfg.skip_nonfinite)
+        init_from=cfg.init_from, skip_nonfinite=cfg.skip_nonfinite, tensorboard=cfg.tensorboard,
+        profile_steps=cfg.profile_steps, compile_cache=cfg.compile_cache)
     return validate(Config(model=model_cfg, data=DataConfig(source=cfg.data, tokenizer=tokenizer_name),
                            train=train, mesh=cfg.mesh, dist=cfg.dist))
 
