@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -152,27 +153,54 @@ def read_tokenizer_meta(run_dir: str | Path) -> dict | None:
     return read_json_object(path, "restore it from a copy or use a new directory")
 
 
-@contextlib.contextmanager
-def _quiet_after_failure():
-    """Drop the 'Event loop is closed' reports that follow a failed restore, and only those.
+def _closed_loop_report(unraisable) -> bool:
+    return isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)
 
-    Orbax reads a checkpoint on an asyncio loop that it closes as soon as one read fails; TensorStore's other
-    reads then complete into the closed loop, and Python reports each one from a background thread as an
-    unraisable error, a traceback printed after the one-line message. They arrive within milliseconds.
+
+class _AbandonedReads(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" records of TensorStore reads (and only those)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage().startswith("Future exception was never retrieved")
+                    and "tensorstore" in str(exc))
+
+
+def _silence_abandoned_reads() -> None:
+    """From now on, drop the reports of the reads a failed restore abandoned; installed once per process.
+
+    Orbax reads a checkpoint on an asyncio loop that it closes as soon as one read fails. TensorStore's other
+    reads then complete into the closed loop, and each is reported after the one-line message: from a
+    background thread as an unraisable 'Event loop is closed' error, or, when its future is garbage
+    collected, by asyncio's logger as 'Future exception was never retrieved'. They usually come within
+    milliseconds, but on a loaded machine as late as the end of the process, so the filters stay.
     """
     saved = sys.unraisablehook
+    if getattr(saved, "_jaxgpt_filter", False):
+        return
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+        if not _closed_loop_report(unraisable):
             saved(unraisable)
 
+    hook._jaxgpt_filter = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_AbandonedReads())
+
+
+@contextlib.contextmanager
+def _quiet_after_failure():
+    """Filter the closed-loop reports while reading; after a failed read, for good (see above)."""
+    saved = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None if _closed_loop_report(unraisable) else saved(unraisable)
     try:
         yield
     except BaseException:
-        time.sleep(0.5)  # the other reads finish, and report into `hook`, meanwhile
+        sys.unraisablehook = saved
+        _silence_abandoned_reads()
+        time.sleep(0.05)  # most reports arrive meanwhile, before the caller prints its line
         raise
-    finally:
+    else:
         sys.unraisablehook = saved
 
 
