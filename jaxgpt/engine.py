@@ -271,15 +271,20 @@ class Engine:
                       f"context {self.model.config.block_size}; {task.summary + '; ' if task.summary else ''}"
                       f"mesh: {dict(self.mesh.shape)}{procs}")
             state, stopped = self._loop(task, state, frozen, meta, ckpt, files, out)
+        except BaseException:
+            self.board.close()
+            raise
         finally:
             ckpt.wait()  # an asynchronous save in flight must land, even when the run fails
             ckpt.close()
+        try:  # the board stays open for what the task writes at the end (the final sample)
+            if primary and files.metrics.exists():
+                files.plot(task.plot_x, task.plots)
+            result = None
+            if not stopped and int(state.step) >= tc.max_steps:
+                result = task.finish(self, state, frozen)
+        finally:
             self.board.close()
-        if primary and files.metrics.exists():
-            files.plot(task.plot_x, task.plots)
-        result = None
-        if not stopped and int(state.step) >= tc.max_steps:
-            result = task.finish(self, state, frozen)
         out.print(f"done: step {int(state.step)}, outputs in {run_dir}")
         return result
 

@@ -94,8 +94,11 @@ class Board:
             self.writer.flush()
 
     def close(self) -> None:
+        """Close the event file. Later writes are dropped: tensorboardX would open a second file, whose
+        purge marker (a resumed run's) hides every earlier step from TensorBoard."""
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
 
 class Profile:

@@ -33,6 +33,9 @@ def test_tensorboard_events_hold_what_metrics_jsonl_holds(tiny_config):
         got = {e.step: e.value for e in events.Scalars(key)}
         assert got.keys() == want.keys() and all(abs(got[s] - want[s]) <= 1e-6 * max(1, abs(want[s])) for s in want)
     assert any("sample" in t for t in events.Tags()["tensors"])  # the samples, as text
+    final = [e.step for t in events.Tags()["tensors"] if "sample" in t for e in events.Tensors(t)]
+    assert 20 in final, final  # the final sample, written after the loop, in the same file
+    assert len(list((run / "tensorboard").iterdir())) == 1  # a second file's purge marker hid every step
 
 
 def test_profile_steps_write_a_trace(tiny_config):
