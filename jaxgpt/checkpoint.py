@@ -10,11 +10,9 @@ does not train once, in `frozen/` (`save_tree`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +63,9 @@ class Checkpointer:
         `abstract_state` (a pytree of jax.ShapeDtypeStruct, e.g. from jax.eval_shape)."""
         step = self.manager.latest_step() if step is None else step
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        _silence_abandoned_reads()
         try:
-            with _quiet_after_failure():
-                restored = self.manager.restore(step, args=args)
+            restored = self.manager.restore(step, args=args)
         except Exception:  # Orbax and TensorStore raise many types for damaged or mismatched files
             raise _damaged(step, Path(self.manager.directory)) from None
         return restored.state, restored.meta
@@ -131,13 +129,13 @@ def restore_tree(folder: str | Path, abstract=None):
         raise UserError(f"{folder} is missing; the run cannot resume without the weights it keeps there: start "
                         "it again in a new output folder")
     checkpointer = ocp.StandardCheckpointer()
+    _silence_abandoned_reads()
     try:
-        with _quiet_after_failure():
-            if abstract is None:
-                device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-                tree = ocp.PyTreeCheckpointHandler().metadata(folder).tree
-                abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
-            return checkpointer.restore(folder, abstract)
+        if abstract is None:
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            tree = ocp.PyTreeCheckpointHandler().metadata(folder).tree
+            abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+        return checkpointer.restore(folder, abstract)
     except Exception:  # Orbax and TensorStore raise many types for damaged or mismatched files
         raise UserError(f"{folder} is damaged (a file is truncated or corrupt); start the run again in a new "
                         "output folder") from None
@@ -158,50 +156,41 @@ def _closed_loop_report(unraisable) -> bool:
 
 
 class _AbandonedReads(logging.Filter):
-    """Drops asyncio's "Future exception was never retrieved" records of TensorStore reads (and only those)."""
+    """Drops asyncio's "Future (or Task) exception was never retrieved" records of TensorStore reads, and
+    only those."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith("Future exception was never retrieved")
-                    and "tensorstore" in str(exc))
+        first = record.getMessage().partition("\n")[0]  # the message, then the future's description
+        return not (first.endswith("exception was never retrieved") and "tensorstore" in str(exc))
+
+
+_silenced = False
 
 
 def _silence_abandoned_reads() -> None:
-    """From now on, drop the reports of the reads a failed restore abandoned; installed once per process.
+    """Drop, for the rest of the process, the reports of the reads that a failed restore abandons; called
+    before every restore, installed once.
 
     Orbax reads a checkpoint on an asyncio loop that it closes as soon as one read fails. TensorStore's other
     reads then complete into the closed loop, and each is reported after the one-line message: from a
     background thread as an unraisable 'Event loop is closed' error, or, when its future is garbage
-    collected, by asyncio's logger as 'Future exception was never retrieved'. They usually come within
-    milliseconds, but on a loaded machine as late as the end of the process, so the filters stay.
+    collected, by asyncio's logger as 'Future (or Task) exception was never retrieved'. They usually come within
+    milliseconds, but on a loaded machine as late as the end of the process, so the filters stay. Nothing
+    else is dropped: other unraisable errors and other futures' reports still print.
     """
-    saved = sys.unraisablehook
-    if getattr(saved, "_jaxgpt_filter", False):
+    global _silenced
+    if _silenced:
         return
+    saved = sys.unraisablehook
 
     def hook(unraisable):
         if not _closed_loop_report(unraisable):
             saved(unraisable)
 
-    hook._jaxgpt_filter = True
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(_AbandonedReads())
-
-
-@contextlib.contextmanager
-def _quiet_after_failure():
-    """Filter the closed-loop reports while reading; after a failed read, for good (see above)."""
-    saved = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None if _closed_loop_report(unraisable) else saved(unraisable)
-    try:
-        yield
-    except BaseException:
-        sys.unraisablehook = saved
-        _silence_abandoned_reads()
-        time.sleep(0.05)  # most reports arrive meanwhile, before the caller prints its line
-        raise
-    else:
-        sys.unraisablehook = saved
+    _silenced = True
 
 
 def _damaged(step: int, folder: Path, steps: list[int] | None = None) -> UserError:
@@ -241,17 +230,17 @@ def restore_params(run_dir: str | Path, step: int, sharding=None) -> Any:
     run_dir = Path(run_dir)
     where = run_dir.absolute() / CHECKPOINT_DIR / str(step) / "state"
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    _silence_abandoned_reads()
     try:
-        with _quiet_after_failure():
-            tree = ocp.PyTreeCheckpointHandler().metadata(where)["params"]
-            item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)}
-            manager = _manager(run_dir, create=False)
-            try:
-                restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                    item=item, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), item),
-                    partial_restore=True)))
-            finally:
-                manager.close()
+        tree = ocp.PyTreeCheckpointHandler().metadata(where)["params"]
+        item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)}
+        manager = _manager(run_dir, create=False)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=item, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), item),
+                partial_restore=True)))
+        finally:
+            manager.close()
     except Exception:  # Orbax and TensorStore raise many types for damaged files
         raise _damaged(step, run_dir / CHECKPOINT_DIR, checkpoint_steps(run_dir)) from None
     return restored.state["params"]

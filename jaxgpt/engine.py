@@ -255,29 +255,26 @@ class Engine:
         files = RunFiles(run_dir, primary)
         ckpt = checkpoint.Checkpointer(run_dir, tc.keep_checkpoints)
         self.board = Board(run_dir, False)
-        try:
-            state, frozen, meta = self._begin(run_dir, ckpt, given, out)
-            self.board = Board(run_dir, tc.tensorboard, primary, purge_step=int(state.step) + 1)
-            task.begin(self, state, frozen, resumed=meta.get("tokens", 0) > 0 or int(state.step) > 0)
-            if primary:
-                files.truncate_metrics(int(state.step))
-                config_lib.save_json(self.cfg, run_dir / checkpoint.CONFIG_FILE)
-                if tokenizer_meta is not None:
-                    (run_dir / checkpoint.TOKENIZER_FILE).write_text(json.dumps(tokenizer_meta))
-                write_task(run_dir, {"task": task.name, "settings": task.settings, **task.describe})
-            procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-            trains = "" if self.n_trainable == self.n_params else f" ({format_count(self.n_trainable)} trained)"
-            out.print(f"model: {format_count(self.n_params)} parameters{trains}, {self.model.config.n_layer} layers, "
-                      f"context {self.model.config.block_size}; {task.summary + '; ' if task.summary else ''}"
-                      f"mesh: {dict(self.mesh.shape)}{procs}")
-            state, stopped = self._loop(task, state, frozen, meta, ckpt, files, out)
-        except BaseException:
-            self.board.close()
-            raise
-        finally:
-            ckpt.wait()  # an asynchronous save in flight must land, even when the run fails
-            ckpt.close()
         try:  # the board stays open for what the task writes at the end (the final sample)
+            try:
+                state, frozen, meta = self._begin(run_dir, ckpt, given, out)
+                self.board = Board(run_dir, tc.tensorboard, primary, purge_step=int(state.step) + 1)
+                task.begin(self, state, frozen, resumed=meta.get("tokens", 0) > 0 or int(state.step) > 0)
+                if primary:
+                    files.truncate_metrics(int(state.step))
+                    config_lib.save_json(self.cfg, run_dir / checkpoint.CONFIG_FILE)
+                    if tokenizer_meta is not None:
+                        (run_dir / checkpoint.TOKENIZER_FILE).write_text(json.dumps(tokenizer_meta))
+                    write_task(run_dir, {"task": task.name, "settings": task.settings, **task.describe})
+                procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+                trains = "" if self.n_trainable == self.n_params else f" ({format_count(self.n_trainable)} trained)"
+                out.print(f"model: {format_count(self.n_params)} parameters{trains}, "
+                          f"{self.model.config.n_layer} layers, context {self.model.config.block_size}; "
+                          f"{task.summary + '; ' if task.summary else ''}mesh: {dict(self.mesh.shape)}{procs}")
+                state, stopped = self._loop(task, state, frozen, meta, ckpt, files, out)
+            finally:
+                ckpt.wait()  # an asynchronous save in flight must land, even when the run fails
+                ckpt.close()
             if primary and files.metrics.exists():
                 files.plot(task.plot_x, task.plots)
             result = None
