@@ -1,4 +1,4 @@
-"""Default run: a character-level GPT on the embedded Shakespeare corpus, sized for a 2-core CPU (about 4 minutes on an Intel Xeon)."""
+"""Default run: a character-level GPT on the embedded Shakespeare corpus, sized for a 2-core CPU (about 3 minutes on an Intel Xeon)."""
 
 from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig
 

@@ -55,7 +55,12 @@ class KVCache(NamedTuple):
 
 def _dense(features: int, config: ModelConfig, name: str, axes: tuple[str, str], std: float = 0.02,
            bias: bool = True) -> nn.Dense:
-    """A Dense layer whose kernel (in, out) has logical axes `axes` and whose bias follows the output axis."""
+    """A Dense layer whose kernel (in, out) has logical axes `axes` and whose bias follows the output axis.
+
+    The blocks call it on (B*T, C), not (B, T, C): with two leading dimensions the weight gradient
+    contracts over both, and XLA's CPU backend then copied a transposed (C', B*T) gradient first (for the
+    MLP, with GELU's tanh computed again inside the copy), 4x slower for that layer (benchmarks/RESULTS.md).
+    """
     return nn.Dense(
         features, name=name, use_bias=bias, dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
         kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
@@ -75,17 +80,47 @@ def _residual_std(config: ModelConfig) -> float:
     return 0.02 / math.sqrt(2 * config.n_layer)
 
 
-def _explicit_attention(q, k, v, mask, kv: str, on_probs=None):
-    """Softmax attention with the weights formed explicitly (for dropout on them, or a KV cache).
-
-    q: (B, T, H, D); k, v: laid out as `kv`, "bshd" (B, S, H, D) or "bhsd" (B, H, S, D); mask: (T, S), True
-    where a query may attend. `on_probs` transforms the (B, H, T, S) weights. Returns (B, T, H, D).
-    """
-    scores = jnp.einsum(f"bthd,{kv}->bhts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+def _attention(q, k, v, mask, on_probs=None, q_layout: str = "bhtd"):
+    """Softmax attention of q, laid out as `q_layout` ("bhtd" (B, H, T, D) or "bthd" (B, T, H, D)), over
+    head-major k and v (B, H, S, D); mask (T, S) is True where a query may attend; `on_probs` transforms the
+    (B, H, T, S) weights (dropout). Returns y laid out as q, and the float32 weights."""
+    scores = jnp.einsum(f"{q_layout},bhsd->bhts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
     if on_probs is not None:
         probs = on_probs(probs)
-    return jnp.einsum(f"bhts,{kv}->bthd", probs.astype(v.dtype), v)  # (B, T, H, D)
+    return jnp.einsum(f"bhts,bhsd->{q_layout}", probs.astype(v.dtype), v), probs  # q's layout
+
+
+@jax.custom_vjp
+def causal_attention(q, k, v):
+    """Causal softmax attention of head-major q, k, v (B, H, T, D) -> (B, H, T, D), with its backward pass
+    written out: from the saved weights, four batched products and one row sum.
+
+    On a CPU XLA runs this faster than `jax.nn.dot_product_attention` (whose einsums read (B, T, H, D)) and
+    than the differentiated `_attention` (the whole step 1.17x and then 1.05x; benchmarks/RESULTS.md).
+    """
+    return _causal_forward(q, k, v)[0]
+
+
+def _causal_forward(q, k, v):
+    T = q.shape[2]
+    y, probs = _attention(q, k, v, jnp.tril(jnp.ones((T, T), bool)))
+    return y, (q, k, v, probs)
+
+
+def _causal_backward(saved, dy):
+    q, k, v, probs = saved  # probs (B, H, T, T) float32, 0 above the diagonal
+    dv = jnp.einsum("bhts,bhtd->bhsd", probs.astype(dy.dtype), dy)  # (B, H, T, D)
+    dprobs = jnp.einsum("bhtd,bhsd->bhts", dy, v).astype(jnp.float32)  # (B, H, T, T)
+    # Softmax's backward; the 1/sqrt(D) of the scores folds in here.
+    dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdims=True)) / math.sqrt(q.shape[-1])
+    dscores = dscores.astype(q.dtype)
+    dq = jnp.einsum("bhts,bhsd->bhtd", dscores, k)  # (B, H, T, D)
+    dk = jnp.einsum("bhts,bhtd->bhsd", dscores, q)  # (B, H, T, D)
+    return dq, dk, dv
+
+
+causal_attention.defvjp(_causal_forward, _causal_backward)
 
 
 @functools.cache
@@ -110,7 +145,8 @@ def check_compute_dtype(dtype: str, backend: str) -> None:
 
 def attention_implementation(setting: str, backend: str, dtype: str, shape: tuple[int, ...],
                              probe=_cudnn_compiles) -> str:
-    """The `implementation` for jax.nn.dot_product_attention of q/k/v (B, T, H, D): "xla" or "cudnn".
+    """The attention kernel for q/k/v (B, T, H, D): "xla" (`causal_attention`, compiled by XLA) or "cudnn"
+    (`jax.nn.dot_product_attention`'s cuDNN implementation).
 
     "auto" takes cuDNN's fused (flash) attention on a GPU, in a 16-bit compute dtype, with a head size it
     supports, when a trial compilation of this shape succeeds (`probe`); XLA's everywhere else. "cudnn"
@@ -146,30 +182,34 @@ class CausalSelfAttention(nn.Module):
         cfg = self.config
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
-        qkv = _dense(3 * C, cfg, "c_attn", ("embed", "heads"), bias=cfg.qkv_bias)(x)  # (B, T, 3C)
-        q, k, v = jnp.split(qkv.reshape(B, T, 3, H, D), 3, axis=2)  # 3 x (B, T, 1, H, D)
-        q, k, v = (a.squeeze(2) for a in (q, k, v))  # (B, T, H, D)
+        qkv = _dense(3 * C, cfg, "c_attn", ("embed", "heads"), bias=cfg.qkv_bias)(x.reshape(B * T, C))  # (B*T, 3C)
+        qkv = qkv.reshape(B, T, 3, H, D)  # (B, T, 3, H, D)
 
-        if layer_cache is not None:
+        if layer_cache is not None:  # decoding: write this chunk's keys and values, attend to the cache
             cache_k, cache_v = layer_cache  # (B, H, S, D) each
-            k_new, v_new = (a.transpose(0, 2, 1, 3).astype(cache_k.dtype) for a in (k, v))  # (B, H, T, D)
-            k_all = jax.lax.dynamic_update_slice(cache_k, k_new, (0, 0, pos, 0))  # (B, H, S, D)
-            v_all = jax.lax.dynamic_update_slice(cache_v, v_new, (0, 0, pos, 0))
-            layer_cache = (k_all, v_all)
+            k_new, v_new = (a.transpose(0, 2, 1, 3).astype(cache_k.dtype) for a in (qkv[:, :, 1], qkv[:, :, 2]))
+            k = jax.lax.dynamic_update_slice(cache_k, k_new, (0, 0, pos, 0))  # (B, H, S, D)
+            v = jax.lax.dynamic_update_slice(cache_v, v_new, (0, 0, pos, 0))
+            layer_cache = (k, v)
             q_pos = pos + jnp.arange(T)  # (T,)
-            mask = jnp.arange(k_all.shape[2])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
-            y = _explicit_attention(q, k_all, v_all, mask, "bhsd")  # (B, T, H, D)
-        elif cfg.dropout > 0 and not deterministic:
-            # Attention-probability dropout, as in GPT-2, needs the weights themselves.
-            causal = jnp.tril(jnp.ones((T, T), bool))
-            y = _explicit_attention(q, k, v, causal, "bshd",
-                                    lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
-        else:  # `resolve` decided the kernel; an unresolved "auto" (a user's own GPT) is XLA's
-            how = "cudnn" if cfg.attention == "cudnn" else "xla"
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=how)  # (B, T, H, D)
+            mask = jnp.arange(k.shape[2])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
+            # q as the projection leaves it: read head-major, batch-1 decoding was 3% slower.
+            y, _ = _attention(qkv[:, :, 0], k, v, mask, q_layout="bthd")  # (B, T, H, D)
+        elif cfg.attention == "cudnn":  # `resolve` chose cuDNN's fused kernel, which reads (B, T, H, D)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D) each
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")  # (B, T, H, D)
+        else:
+            q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D): one copy -> 3 x (B, H, T, D)
+            if cfg.dropout > 0 and not deterministic:
+                # Attention-probability dropout, as in GPT-2, acts on the weights themselves.
+                causal = jnp.tril(jnp.ones((T, T), bool))  # (T, T)
+                y, _ = _attention(q, k, v, causal, lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
+            else:
+                y = causal_attention(q, k, v)  # (B, H, T, D)
+            y = y.transpose(0, 2, 1, 3)  # (B, T, H, D)
 
-        y = y.reshape(B, T, C)  # (B, T, C): heads side by side again
-        y = _dense(C, cfg, "c_proj", ("heads", "embed"), std=_residual_std(cfg))(y)
+        y = y.reshape(B * T, C)  # (B*T, C): heads side by side again
+        y = _dense(C, cfg, "c_proj", ("heads", "embed"), std=_residual_std(cfg))(y).reshape(B, T, C)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
         return y, layer_cache
 
@@ -180,9 +220,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool):
         cfg = self.config
-        h = _dense(4 * cfg.n_embd, cfg, "c_fc", ("embed", "mlp"))(x)  # (B, T, 4C)
+        B, T, C = x.shape
+        h = _dense(4 * C, cfg, "c_fc", ("embed", "mlp"))(x.reshape(B * T, C))  # (B*T, 4C)
         h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
-        h = _dense(cfg.n_embd, cfg, "c_proj", ("mlp", "embed"), std=_residual_std(cfg))(h)  # (B, T, C)
+        h = _dense(C, cfg, "c_proj", ("mlp", "embed"), std=_residual_std(cfg))(h).reshape(B, T, C)  # (B, T, C)
         return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 

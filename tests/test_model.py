@@ -108,3 +108,28 @@ def test_logits_are_the_tied_embedding_product(tiny_model):
     h, _ = model.apply({"params": params}, tokens, method=GPT.hidden_states)
     want = np.asarray(h) @ np.asarray(params["wte"]["embedding"]).T
     np.testing.assert_allclose(model.apply({"params": params}, tokens), want, atol=1e-5)
+
+
+def _naive_causal_attention(q, k, v):
+    """Textbook attention, (B, H, T, D): softmax(q k^T / sqrt(D) with the future at -inf) v."""
+    T, D = q.shape[2], q.shape[3]
+    scores = q @ jnp.swapaxes(k, -1, -2) / np.sqrt(D)
+    scores = scores + jnp.where(np.tril(np.ones((T, T), bool)), 0.0, -jnp.inf)[None, None]
+    return jax.nn.softmax(scores, axis=-1) @ v
+
+
+def test_causal_attention_backward_matches_autodiff_of_the_textbook_formula():
+    from jaxgpt.model import causal_attention
+
+    rng = np.random.default_rng(3)
+    q, k, v, dy = (jnp.asarray(rng.standard_normal((2, 3, 9, 5)), jnp.float32) for _ in range(4))
+    y, vjp = jax.vjp(causal_attention, q, k, v)
+    y_ref, vjp_ref = jax.vjp(_naive_causal_attention, q, k, v)
+    np.testing.assert_allclose(y, y_ref, atol=1e-6)
+    for ours, ref, name in zip(vjp(dy), vjp_ref(dy), "qkv"):
+        np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=f"d{name}")
+    # bfloat16 in, bfloat16 gradients out, close to the float32 ones
+    grads = jax.vjp(causal_attention, *(a.astype(jnp.bfloat16) for a in (q, k, v)))[1](dy.astype(jnp.bfloat16))
+    for ours, ref in zip(grads, vjp_ref(dy)):
+        assert ours.dtype == jnp.bfloat16
+        np.testing.assert_allclose(ours.astype(jnp.float32), ref, atol=0.1)
