@@ -23,7 +23,8 @@ from jaxgpt import checkpoint, convert
 from jaxgpt.config import Config, ModelConfig
 from jaxgpt.errors import UserError
 from jaxgpt.lora import LoraConfig
-from jaxgpt.model import GPT, GPTClassifier, check_compute_dtype
+from jaxgpt.attention import check_compute_dtype
+from jaxgpt.model import GPT, GPTClassifier
 from jaxgpt.tokenizer import Tokenizer, tokenizer_from_meta
 
 JAXGPT, HF, OPENAI = convert.JAXGPT, convert.HF, convert.OPENAI

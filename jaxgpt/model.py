@@ -10,7 +10,8 @@ Each weight declares its logical sharding axes where it is created (`vocab`, `em
 (`nn.with_logical_constraint`); `jaxgpt.sharding` maps these names onto a device mesh. Outside such a
 mapping (one device, sampling, a user's own `apply`) both are no-ops.
 
-The model knows nothing of tokenizers, files or training. Incremental decoding takes an explicit KV cache
+Attention's kernels, and the choice between them, are in `jaxgpt.attention`. The model knows nothing of
+tokenizers, files or training. Incremental decoding takes an explicit KV cache
 (a pytree of arrays) and returns the updated one, so sampling stays a pure function.
 """
 
@@ -25,8 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgpt.attention import attend, attention_implementation, causal_attention, check_compute_dtype, cudnn_compiles
 from jaxgpt.config import ModelConfig
-from jaxgpt.errors import UserError
 
 RESIDUAL = ("batch", None, None)  # logical axes of the (B, T, C) residual stream: split by batch only
 
@@ -80,89 +81,7 @@ def _residual_std(config: ModelConfig) -> float:
     return 0.02 / math.sqrt(2 * config.n_layer)
 
 
-def _attention(q, k, v, mask, on_probs=None, q_layout: str = "bhtd"):
-    """Softmax attention of q, laid out as `q_layout` ("bhtd" (B, H, T, D) or "bthd" (B, T, H, D)), over
-    head-major k and v (B, H, S, D); mask (T, S) is True where a query may attend; `on_probs` transforms the
-    (B, H, T, S) weights (dropout). Returns y laid out as q, and the float32 weights."""
-    scores = jnp.einsum(f"{q_layout},bhsd->bhts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])  # (B, H, T, S)
-    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
-    if on_probs is not None:
-        probs = on_probs(probs)
-    return jnp.einsum(f"bhts,bhsd->{q_layout}", probs.astype(v.dtype), v), probs  # q's layout
-
-
-@jax.custom_vjp
-def causal_attention(q, k, v):
-    """Causal softmax attention of head-major q, k, v (B, H, T, D) -> (B, H, T, D), with its backward pass
-    written out: from the saved weights, four batched products and one row sum.
-
-    On a CPU XLA runs this faster than `jax.nn.dot_product_attention` (whose einsums read (B, T, H, D)) and
-    than the differentiated `_attention` (the whole step 1.17x and then 1.05x; benchmarks/RESULTS.md).
-    """
-    return _causal_forward(q, k, v)[0]
-
-
-def _causal_forward(q, k, v):
-    T = q.shape[2]
-    y, probs = _attention(q, k, v, jnp.tril(jnp.ones((T, T), bool)))
-    return y, (q, k, v, probs)
-
-
-def _causal_backward(saved, dy):
-    q, k, v, probs = saved  # probs (B, H, T, T) float32, 0 above the diagonal
-    dv = jnp.einsum("bhts,bhtd->bhsd", probs.astype(dy.dtype), dy)  # (B, H, T, D)
-    dprobs = jnp.einsum("bhtd,bhsd->bhts", dy, v).astype(jnp.float32)  # (B, H, T, T)
-    # Softmax's backward; the 1/sqrt(D) of the scores folds in here.
-    dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdims=True)) / math.sqrt(q.shape[-1])
-    dscores = dscores.astype(q.dtype)
-    dq = jnp.einsum("bhts,bhsd->bhtd", dscores, k)  # (B, H, T, D)
-    dk = jnp.einsum("bhts,bhtd->bhsd", dscores, q)  # (B, H, T, D)
-    return dq, dk, dv
-
-
-causal_attention.defvjp(_causal_forward, _causal_backward)
-
-
-@functools.cache
-def _cudnn_compiles(shape: tuple[int, ...], dtype: str) -> bool:
-    """Whether cuDNN's fused attention, forward and backward, compiles for q/k/v of this (B, T, H, D) shape."""
-    def loss(q):
-        return jax.nn.dot_product_attention(q, q, q, is_causal=True, implementation="cudnn").astype(jnp.float32).sum()
-
-    try:
-        jax.jit(jax.value_and_grad(loss)).lower(jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))).compile()
-    except Exception:  # unsupported GPU, cuDNN version, shape or dtype: any failure means "use XLA"
-        return False
-    return True
-
-
-def check_compute_dtype(dtype: str, backend: str) -> None:
-    """Refuse, in one line, a compute dtype that the backend's attention cannot run."""
-    if dtype == "float16" and backend == "cpu":
-        raise UserError("model.dtype=float16 does not run on a CPU (XLA's CPU attention has no float16 kernel); "
-                        "use --model.dtype=bfloat16 or float32")
-
-
-def attention_implementation(setting: str, backend: str, dtype: str, shape: tuple[int, ...],
-                             probe=_cudnn_compiles) -> str:
-    """The attention kernel for q/k/v (B, T, H, D): "xla" (`causal_attention`, compiled by XLA) or "cudnn"
-    (`jax.nn.dot_product_attention`'s cuDNN implementation).
-
-    "auto" takes cuDNN's fused (flash) attention on a GPU, in a 16-bit compute dtype, with a head size it
-    supports, when a trial compilation of this shape succeeds (`probe`); XLA's everywhere else. "cudnn"
-    asks for it outright and is refused in one line where it cannot run.
-    """
-    fits = backend == "gpu" and dtype in ("bfloat16", "float16") and shape[-1] % 8 == 0 and shape[-1] <= 128
-    if setting == "cudnn" and not (fits and probe(shape, dtype)):
-        raise UserError(f"model.attention=cudnn does not run here ({backend}, {dtype}, head size {shape[-1]}); it "
-                        "needs an NVIDIA GPU, a 16-bit model.dtype and a head size that is a multiple of 8 up to 128; "
-                        "use --model.attention=auto")
-    if setting != "auto":
-        return setting
-    return "cudnn" if fits and probe(shape, dtype) else "xla"
-
-
-def resolve(config: ModelConfig, batch: int, backend: str | None = None, probe=_cudnn_compiles) -> ModelConfig:
+def resolve(config: ModelConfig, batch: int, backend: str | None = None, probe=cudnn_compiles) -> ModelConfig:
     """The config the model runs with on this backend: the dtype checked and `attention` decided ("xla" or
     "cudnn") for (batch, block_size) inputs, once and before anything is traced."""
     backend = backend or jax.default_backend()
@@ -194,7 +113,7 @@ class CausalSelfAttention(nn.Module):
             q_pos = pos + jnp.arange(T)  # (T,)
             mask = jnp.arange(k.shape[2])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
             # q as the projection leaves it: read head-major, batch-1 decoding was 3% slower.
-            y, _ = _attention(qkv[:, :, 0], k, v, mask, q_layout="bthd")  # (B, T, H, D)
+            y, _ = attend(qkv[:, :, 0], k, v, mask, q_layout="bthd")  # (B, T, H, D)
         elif cfg.attention == "cudnn":  # `resolve` chose cuDNN's fused kernel, which reads (B, T, H, D)
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D) each
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")  # (B, T, H, D)
@@ -203,7 +122,7 @@ class CausalSelfAttention(nn.Module):
             if cfg.dropout > 0 and not deterministic:
                 # Attention-probability dropout, as in GPT-2, acts on the weights themselves.
                 causal = jnp.tril(jnp.ones((T, T), bool))  # (T, T)
-                y, _ = _attention(q, k, v, causal, lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
+                y, _ = attend(q, k, v, causal, lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
             else:
                 y = causal_attention(q, k, v)  # (B, H, T, D)
             y = y.transpose(0, 2, 1, 3)  # (B, T, H, D)

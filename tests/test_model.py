@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxgpt.attention import causal_attention
 from jaxgpt.config import ModelConfig
 from jaxgpt.model import GPT, KVCache, count_params, init_params
 
@@ -119,8 +120,6 @@ def _naive_causal_attention(q, k, v):
 
 
 def test_causal_attention_backward_matches_autodiff_of_the_textbook_formula():
-    from jaxgpt.model import causal_attention
-
     rng = np.random.default_rng(3)
     q, k, v, dy = (jnp.asarray(rng.standard_normal((2, 3, 9, 5)), jnp.float32) for _ in range(4))
     y, vjp = jax.vjp(causal_attention, q, k, v)

@@ -9,7 +9,8 @@ import pytest
 
 from jaxgpt.config import Config, validate
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, _cudnn_compiles, attention_implementation, check_compute_dtype, init_params, resolve
+from jaxgpt.attention import attention_implementation, check_compute_dtype, cudnn_compiles
+from jaxgpt.model import GPT, init_params, resolve
 
 SHAPE = (2, 128, 12, 64)  # (B, T, H, D)
 
@@ -52,10 +53,10 @@ def test_the_kernel_is_decided_once_before_tracing(tiny_model):
 def test_cudnn_probe_says_no_off_a_gpu_even_while_tracing():
     if jax.default_backend() == "gpu":
         pytest.skip("on a GPU the probe may rightly succeed")
-    _cudnn_compiles.cache_clear()
-    assert _cudnn_compiles(SHAPE, "bfloat16") is False
+    cudnn_compiles.cache_clear()
+    assert cudnn_compiles(SHAPE, "bfloat16") is False
     seen = []  # a user's own code may ask while tracing: that must work the same way
-    jax.jit(lambda x: seen.append(_cudnn_compiles((1, 16, 2, 8), "float16")) or x)(jnp.zeros(2))
+    jax.jit(lambda x: seen.append(cudnn_compiles((1, 16, 2, 8), "float16")) or x)(jnp.zeros(2))
     assert seen == [False]
 
 
