@@ -17,6 +17,11 @@ import jax.numpy as jnp
 from jaxgpt.errors import UserError
 
 
+def causal_mask(T: int) -> jax.Array:
+    """(T, T), True where a query may attend: itself and the positions before it."""
+    return jnp.tril(jnp.ones((T, T), bool))
+
+
 def attend(q, k, v, mask, on_probs=None, q_layout: str = "bhtd"):
     """Softmax attention of q, laid out as `q_layout` ("bhtd" (B, H, T, D) or "bthd" (B, T, H, D)), over
     head-major k and v (B, H, S, D); mask (T, S) is True where a query may attend; `on_probs` transforms the
@@ -40,8 +45,7 @@ def causal_attention(q, k, v):
 
 
 def _causal_forward(q, k, v):
-    T = q.shape[2]
-    y, probs = attend(q, k, v, jnp.tril(jnp.ones((T, T), bool)))
+    y, probs = attend(q, k, v, causal_mask(q.shape[2]))
     return y, (q, k, v, probs)
 
 
@@ -71,13 +75,6 @@ def cudnn_compiles(shape: tuple[int, ...], dtype: str) -> bool:
     except Exception:  # unsupported GPU, cuDNN version, shape or dtype: any failure means "use XLA"
         return False
     return True
-
-
-def check_compute_dtype(dtype: str, backend: str) -> None:
-    """Refuse, in one line, a compute dtype that the backend's attention cannot run."""
-    if dtype == "float16" and backend == "cpu":
-        raise UserError("model.dtype=float16 does not run on a CPU (XLA's CPU attention has no float16 kernel); "
-                        "use --model.dtype=bfloat16 or float32")
 
 
 def attention_implementation(setting: str, backend: str, dtype: str, shape: tuple[int, ...],

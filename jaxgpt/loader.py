@@ -23,7 +23,6 @@ from jaxgpt import checkpoint, convert
 from jaxgpt.config import Config, ModelConfig
 from jaxgpt.errors import UserError
 from jaxgpt.lora import LoraConfig
-from jaxgpt.attention import check_compute_dtype
 from jaxgpt.model import GPT, GPTClassifier
 from jaxgpt.tokenizer import Tokenizer, tokenizer_from_meta
 
@@ -139,7 +138,6 @@ def load(path: str | Path, step: int | None = None) -> Loaded:
     else:
         model_cfg, params = convert.read_hf(p) if kind == HF else convert.read_openai(p)
         step = 0
-    check_compute_dtype(model_cfg.dtype, jax.default_backend())
     return Loaded(p, kind, model_cfg, params, read_tokenizer_meta(p), step, task, run_cfg)
 
 

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgpt.attention import attend, attention_implementation, causal_attention, check_compute_dtype, cudnn_compiles
+from jaxgpt.attention import attend, attention_implementation, causal_attention, causal_mask, cudnn_compiles
 from jaxgpt.config import ModelConfig
 
 RESIDUAL = ("batch", None, None)  # logical axes of the (B, T, C) residual stream: split by batch only
@@ -55,18 +55,24 @@ class KVCache(NamedTuple):
 
 
 def _dense(features: int, config: ModelConfig, name: str, axes: tuple[str, str], std: float = 0.02,
-           bias: bool = True) -> nn.Dense:
-    """A Dense layer whose kernel (in, out) has logical axes `axes` and whose bias follows the output axis.
+           bias: bool = True):
+    """A Dense layer whose kernel (in, out) has logical axes `axes` and whose bias follows the output axis,
+    applied to (..., in) -> (..., features) through a (N, in) product.
 
-    The blocks call it on (B*T, C), not (B, T, C): with two leading dimensions the weight gradient
-    contracts over both, and XLA's CPU backend then copied a transposed (C', B*T) gradient first (for the
-    MLP, with GELU's tanh computed again inside the copy), 4x slower for that layer (benchmarks/RESULTS.md).
+    The product is 2-D on purpose: with two leading dimensions, (B, T, C), the weight gradient contracts
+    over both, and XLA's CPU backend then copied a transposed (C', B*T) gradient first (for the MLP, with
+    GELU's tanh computed again inside the copy), 4x slower for that layer (benchmarks/RESULTS.md).
     """
-    return nn.Dense(
+    layer = nn.Dense(
         features, name=name, use_bias=bias, dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
         kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
     )
+
+    def apply(x):
+        return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], features)  # (N, in) -> (N, out) -> (..., out)
+
+    return apply
 
 
 def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
@@ -82,10 +88,9 @@ def _residual_std(config: ModelConfig) -> float:
 
 
 def resolve(config: ModelConfig, batch: int, backend: str | None = None, probe=cudnn_compiles) -> ModelConfig:
-    """The config the model runs with on this backend: the dtype checked and `attention` decided ("xla" or
-    "cudnn") for (batch, block_size) inputs, once and before anything is traced."""
+    """The config the model runs with on this backend: `attention` decided ("xla" or "cudnn") for (batch,
+    block_size) inputs, once and before anything is traced."""
     backend = backend or jax.default_backend()
-    check_compute_dtype(config.dtype, backend)
     shape = (batch, config.block_size, config.n_head, config.head_dim)
     how = attention_implementation(config.attention, backend, config.dtype, shape, probe)
     return dataclasses.replace(config, attention=how)
@@ -101,7 +106,7 @@ class CausalSelfAttention(nn.Module):
         cfg = self.config
         B, T, C = x.shape
         H, D = cfg.n_head, cfg.head_dim
-        qkv = _dense(3 * C, cfg, "c_attn", ("embed", "heads"), bias=cfg.qkv_bias)(x.reshape(B * T, C))  # (B*T, 3C)
+        qkv = _dense(3 * C, cfg, "c_attn", ("embed", "heads"), bias=cfg.qkv_bias)(x)  # (B, T, 3C)
         qkv = qkv.reshape(B, T, 3, H, D)  # (B, T, 3, H, D)
 
         if layer_cache is not None:  # decoding: write this chunk's keys and values, attend to the cache
@@ -121,14 +126,13 @@ class CausalSelfAttention(nn.Module):
             q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D): one copy -> 3 x (B, H, T, D)
             if cfg.dropout > 0 and not deterministic:
                 # Attention-probability dropout, as in GPT-2, acts on the weights themselves.
-                causal = jnp.tril(jnp.ones((T, T), bool))  # (T, T)
-                y, _ = attend(q, k, v, causal, lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
+                y, _ = attend(q, k, v, causal_mask(T), lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
             else:
                 y = causal_attention(q, k, v)  # (B, H, T, D)
             y = y.transpose(0, 2, 1, 3)  # (B, T, H, D)
 
-        y = y.reshape(B * T, C)  # (B*T, C): heads side by side again
-        y = _dense(C, cfg, "c_proj", ("heads", "embed"), std=_residual_std(cfg))(y).reshape(B, T, C)
+        y = y.reshape(B, T, C)  # (B, T, C): heads side by side again
+        y = _dense(C, cfg, "c_proj", ("heads", "embed"), std=_residual_std(cfg))(y)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
         return y, layer_cache
 
@@ -139,10 +143,9 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool):
         cfg = self.config
-        B, T, C = x.shape
-        h = _dense(4 * C, cfg, "c_fc", ("embed", "mlp"))(x.reshape(B * T, C))  # (B*T, 4C)
+        h = _dense(4 * cfg.n_embd, cfg, "c_fc", ("embed", "mlp"))(x)  # (B, T, 4C)
         h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
-        h = _dense(C, cfg, "c_proj", ("mlp", "embed"), std=_residual_std(cfg))(h).reshape(B, T, C)  # (B, T, C)
+        h = _dense(cfg.n_embd, cfg, "c_proj", ("mlp", "embed"), std=_residual_std(cfg))(h)  # (B, T, C)
         return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
