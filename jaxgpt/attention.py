@@ -17,6 +17,9 @@ import jax.numpy as jnp
 from jaxgpt.errors import UserError
 
 
+MASKED = -1e30  # added to a masked score: its weight is exactly 0, and a float32 sum with it stays finite
+
+
 def causal_mask(T: int) -> jax.Array:
     """(T, T), True where a query may attend: itself and the positions before it."""
     return jnp.tril(jnp.ones((T, T), bool))
@@ -27,7 +30,9 @@ def attend(q, k, v, mask, on_probs=None, q_layout: str = "bhtd"):
     head-major k and v (B, H, S, D); mask (T, S) is True where a query may attend; `on_probs` transforms the
     (B, H, T, S) weights (dropout). Returns y laid out as q, and the float32 weights."""
     scores = jnp.einsum(f"{q_layout},bhsd->bhts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])  # (B, H, T, S)
-    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
+    # The mask as an added (T, S) bias: a select against a scalar made XLA's CPU backend materialise that
+    # scalar at the scores' full shape (the whole step 1.01-1.04x faster without it; benchmarks/RESULTS.md).
+    probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, MASKED)[None, None], axis=-1)
     if on_probs is not None:
         probs = on_probs(probs)
     return jnp.einsum(f"bhts,bhsd->{q_layout}", probs.astype(v.dtype), v), probs  # q's layout

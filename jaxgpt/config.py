@@ -79,6 +79,7 @@ class TrainConfig:
     seed: int = 1337  # initialisation, batches and dropout all follow from it
     batch_size: int = 32  # sequences per optimizer step, summed over devices and accumulation
     grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum_unroll: int = 1  # micro-batches per pass of the accumulation loop: on a CPU, 2 run at once
     max_steps: int = 2000  # optimizer steps to train to (may be raised when resuming)
     learning_rate: float = 1e-3  # the peak, after the warmup
     lr_schedule: str = "cosine"  # "cosine": warmup, then cosine decay to min_lr; "constant": warmup, then learning_rate
@@ -163,7 +164,7 @@ RESUMABLE_KEYS = frozenset(
      "train.progress", "train.out_dir", "data.cache_dir", "train.skip_nonfinite", "train.hellaswag",
      "train.hellaswag_limit", "train.tensorboard", "train.profile_steps", "train.compile_cache"}
     # How the same computation is carried out is not what it learns either.
-    | {"model.attention", "model.remat"}
+    | {"model.attention", "model.remat", "train.grad_accum_unroll"}
     # Where the work runs is not what it learns: a checkpoint restores onto any mesh and process count.
     | {f"mesh.{f.name}" for f in dataclasses.fields(MeshConfig)}
     | {f"dist.{f.name}" for f in dataclasses.fields(DistConfig)}
@@ -264,8 +265,8 @@ def validate(cfg: Config) -> Config:
     positive = {
         "model.vocab_size": m.vocab_size, "model.block_size": m.block_size, "model.n_layer": m.n_layer,
         "model.n_head": m.n_head, "model.n_embd": m.n_embd, "train.batch_size": t.batch_size,
-        "train.grad_accum": t.grad_accum, "train.max_steps": t.max_steps,
-        "train.learning_rate": t.learning_rate, "train.log_interval": t.log_interval,
+        "train.grad_accum": t.grad_accum, "train.grad_accum_unroll": t.grad_accum_unroll,
+        "train.max_steps": t.max_steps, "train.learning_rate": t.learning_rate, "train.log_interval": t.log_interval,
         "train.eval_interval": t.eval_interval, "train.eval_steps": t.eval_steps,
         "train.keep_checkpoints": t.keep_checkpoints, "model.layer_norm_eps": m.layer_norm_eps,
     }

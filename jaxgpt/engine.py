@@ -148,7 +148,8 @@ class Engine:
         traced = sharding.activation_rules(self.mesh, cfg.mesh.rules)
         dropout = model.config.dropout > 0
         self.train_step = jax.jit(
-            traced(functools.partial(train_step, loss_fn=loss_fn, tx=self.tx, seed=tc.seed, dropout=dropout)),
+            traced(functools.partial(train_step, loss_fn=loss_fn, tx=self.tx, seed=tc.seed, dropout=dropout,
+                                     unroll=tc.grad_accum_unroll)),
             in_shardings=(self.state_sharding, self.batch_sharding, self.frozen_sharding),
             out_shardings=(self.state_sharding, repl), donate_argnums=0)
         self.eval_step = jax.jit(traced(functools.partial(eval_step, loss_fn=loss_fn)),

@@ -48,6 +48,7 @@ def test_bad_override_values(override, pattern):
     ("--model.dropout=1.5", "dropout"),
     ("--data.val_fraction=1", "val_fraction"),
     ("--train.grad_accum=3", "divisible by train.grad_accum"),
+    ("--train.grad_accum_unroll=0", "train.grad_accum_unroll must be positive"),
     ("--model.dtype=float8", "model.dtype"),
     ("--train.warmup_steps=-1", "must not be negative"),
 ])

@@ -16,11 +16,11 @@ from jaxgpt.optim import decay_mask, lr_schedule, make_optimizer
 from jaxgpt.steps import TrainState, eval_step, train_step
 
 
-def _setup(cfg, tc, accum_batch):
+def _setup(cfg, tc, accum_batch, unroll=1):
     tx = make_optimizer(tc)
     state = TrainState.create(init_params(cfg, jax.random.key(0)), tx)
     step = jax.jit(functools.partial(train_step, loss_fn=loss.language_model(GPT(cfg)), tx=tx, seed=0,
-                                     dropout=cfg.dropout > 0), donate_argnums=0)
+                                     dropout=cfg.dropout > 0, unroll=unroll), donate_argnums=0)
     x = jax.random.randint(jax.random.key(1), accum_batch, 0, cfg.vocab_size)
     y = jnp.roll(x, -1, axis=-1)
     return state, step, (x, y)
@@ -52,6 +52,21 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model, ignored):
     np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
         np.testing.assert_allclose(a, b, atol=2e-5)  # Adam amplifies float noise in near-zero grads
+
+
+@pytest.mark.parametrize("unroll", [2, 3])
+def test_unrolled_accumulation_equals_one_big_batch(tiny_model, unroll):
+    """Two or three micro-batches per pass of the accumulation loop (3 leaves a remainder of the 4) still
+    take every micro-batch once: the step is one big batch's."""
+    tc = TrainConfig(learning_rate=1e-3, warmup_steps=0)
+    state1, step1, (x, y) = _setup(tiny_model, tc, (1, 8, 16))
+    state2, step2, _ = _setup(tiny_model, tc, (1, 8, 16), unroll=unroll)
+    s1, m1 = step1(state1, (x, y), {})
+    s2, m2 = step2(state2, (x.reshape(4, 2, 16), y.reshape(4, 2, 16)), {})
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
 
 
 def test_same_seed_same_losses_with_dropout(tiny_model):
