@@ -86,5 +86,6 @@ def test_side_by_side_with_nanogpt_style_torch_runs(tmp_path):
     # With micro-batches PyTorch also runs the batch whole, and the ratio is against its faster step.
     assert len(case["jaxgpt"]["steps_s"]) == len(case["torch"]["steps_s"]) == len(case["torch_whole"]["steps_s"]) == 2
     best = max(case["torch"]["tokens_per_s"], case["torch_whole"]["tokens_per_s"])
+    assert case["best_torch_tokens_per_s"] == best
     assert case["ratio"] == pytest.approx(case["jaxgpt"]["tokens_per_s"] / best)
     assert "| char | 1 layers, 2 heads, width 32" in res.stdout
