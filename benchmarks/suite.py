@@ -339,7 +339,8 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--cases", default="1,2,3,4,5")
     p.add_argument("--tiny", action="store_true", help="tiny shapes, to check that the suite runs")
-    p.add_argument("--json", default="out/bench_suite.json")
+    p.add_argument("--json", default="out/bench_suite.json", help="where the results go (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--pause", type=float, default=1.0,
                    help="seconds of idle before each timed call (default 1), so neither side runs while the "
@@ -359,6 +360,8 @@ def main(argv=None) -> None:
     if args.worker:
         return worker(args.worker, cases[args.case], args)
 
+    if Path(args.json).exists() and not args.overwrite:  # refused before any work, never replaced silently
+        p.error(f"{args.json} already exists; choose another --json or pass --overwrite")
     peak, peak_how = measure_peak(args.tiny)
     env = environment(args, peak, peak_how)
     results = {}

@@ -224,13 +224,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="also write the results here (a new file)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--recipe", default=None, help=argparse.SUPPRESS)
     args, override = ap.parse_known_args()
     args.override = override
     if args.worker:
         return worker(args.worker, args.recipe, override, args.threads)
+    from jaxgpt import config as config_lib
+    from jaxgpt.errors import UserError
+
+    try:  # a bad override or an existing results file is refused in one line, before any work
+        for recipe in args.recipes:
+            config_lib.validate(_config(recipe, override))
+        if args.json and Path(args.json).exists() and not args.overwrite:
+            raise UserError(f"{args.json} already exists; choose another --json or pass --overwrite")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     import jax
     import torch
 

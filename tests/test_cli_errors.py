@@ -1,5 +1,10 @@
 """Mistakes a user can make end in one line on stderr, exit status 2, and nothing written."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from jaxgpt.cli import main, main_train
@@ -72,3 +77,17 @@ def test_sample_bad_input(tmp_path, capsys, args, pattern):
 
 def test_sample_missing_directory(tmp_path, capsys):
     _assert_one_line_error(main(["sample", str(tmp_path / "nope")]), capsys, "does not exist")
+
+
+@pytest.mark.parametrize("script, extra", [("vs_nanogpt.py", ["--train.grad_accum=0"]), ("vs_nanogpt.py", []),
+                                           ("suite.py", [])])
+def test_benchmarks_refuse_bad_input_in_one_line(tmp_path, script, extra):
+    # Refused before any work, so this runs in seconds (the scripts' end-to-end runs are in test_benchmarks.py).
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "earlier.json"
+    out.write_text("{}\n")
+    res = subprocess.run([sys.executable, f"benchmarks/{script}", "--json", str(out), *extra], cwd=root,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert ("grad_accum must be positive" if extra else "already exists") in res.stderr.strip().splitlines()[-1]
+    assert out.read_text() == "{}\n"  # the earlier results are kept
