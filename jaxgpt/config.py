@@ -22,7 +22,7 @@ from typing import Any
 from jaxgpt.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION = ("auto", "xla", "cudnn")
+ATTENTION = ("auto", "xla", "recompute", "cudnn", "pallas")
 SCHEDULES = ("cosine", "constant")
 REMAT = ("none", "full", "dots")
 SEED_LIMIT = 2**63  # seeds are 0 .. SEED_LIMIT - 1: what jax.random.key and numpy's generators both take
@@ -42,7 +42,7 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5  # GPT-2's value; Flax's default (1e-6) would shift every logit
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of the weights
-    attention: str = "auto"  # "auto": cuDNN's fused attention where it compiles (GPU, 16-bit dtype), else XLA's; "xla"; "cudnn"
+    attention: str = "auto"  # "auto": Pallas's flash attention on a TPU (block_size a multiple of 128), cuDNN's fused attention where it compiles (GPU, 16-bit dtype), else XLA's ("recompute" on an accelerator, "xla" on a CPU); "xla"; "recompute" (keeps q, k, v instead of the weights); "cudnn"; "pallas"
     remat: str = "none"  # recompute in the backward pass, per block: "none", "full", or "dots" (keeps matmul outputs)
 
     @staticmethod

@@ -26,7 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgpt.attention import attend, attention_implementation, causal_attention, causal_mask, cudnn_compiles
+from jaxgpt.attention import (attend, attention_implementation, causal_attention, causal_mask, cudnn_compiles,
+                              pallas_attention, pallas_supports, recomputed_attention)
 from jaxgpt.config import ModelConfig
 
 RESIDUAL = ("batch", None, None)  # logical axes of the (B, T, C) residual stream: split by batch only
@@ -88,8 +89,9 @@ def _residual_std(config: ModelConfig) -> float:
 
 
 def resolve(config: ModelConfig, batch: int, backend: str | None = None, probe=cudnn_compiles) -> ModelConfig:
-    """The config the model runs with on this backend: `attention` decided ("xla" or "cudnn") for (batch,
-    block_size) inputs, once and before anything is traced."""
+    """The config the model runs with on this backend: `attention` decided (one of "xla", "recompute",
+    "cudnn", "pallas") for (batch, block_size) inputs, once and before anything is traced. `probe` is
+    cuDNN's trial compilation, asked only on a GPU."""
     backend = backend or jax.default_backend()
     shape = (batch, config.block_size, config.n_head, config.head_dim)
     how = attention_implementation(config.attention, backend, config.dtype, shape, probe)
@@ -125,8 +127,15 @@ class CausalSelfAttention(nn.Module):
         else:
             q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D): one copy -> 3 x (B, H, T, D)
             if cfg.dropout > 0 and not deterministic:
-                # Attention-probability dropout, as in GPT-2, acts on the weights themselves.
+                # Attention-probability dropout, as in GPT-2, acts on the weights themselves, so training with
+                # dropout always takes `attend`, whichever kernel was chosen; evaluation keeps that kernel.
                 y, _ = attend(q, k, v, causal_mask(T), lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
+            elif cfg.attention == "pallas" and pallas_supports((B, T, H, D), cfg.dtype):
+                # Pallas's TPU flash attention, per device under a mesh. `resolve` checked block_size; a shorter
+                # or otherwise unsupported T (a user's own `apply`) takes XLA's kernel.
+                y = pallas_attention(q, k, v)  # (B, H, T, D)
+            elif cfg.attention == "recompute":
+                y = recomputed_attention(q, k, v)  # (B, H, T, D), keeping q, k, v rather than the weights
             else:
                 y = causal_attention(q, k, v)  # (B, H, T, D)
             y = y.transpose(0, 2, 1, 3)  # (B, T, H, D)

@@ -22,15 +22,29 @@ def _never(*_):
 @pytest.mark.parametrize("backend,dtype,shape,probe,want", [
     ("gpu", "bfloat16", SHAPE, lambda *_: True, "cudnn"),
     ("gpu", "float16", SHAPE, lambda *_: True, "cudnn"),
-    ("gpu", "bfloat16", SHAPE, lambda *_: False, "xla"),  # the trial compilation failed
-    ("gpu", "float32", SHAPE, _never, "xla"),  # cuDNN's fused attention is 16-bit only
-    ("gpu", "bfloat16", (2, 128, 10, 160), _never, "xla"),  # head size above 128
-    ("gpu", "bfloat16", (2, 128, 12, 60), _never, "xla"),  # head size not a multiple of 8
+    # Where no fused kernel runs, an accelerator recomputes the weights in the backward pass; a CPU keeps them.
+    ("gpu", "bfloat16", SHAPE, lambda *_: False, "recompute"),  # the trial compilation failed
+    ("gpu", "float32", SHAPE, _never, "recompute"),  # cuDNN's fused attention is 16-bit only
+    ("gpu", "bfloat16", (2, 128, 10, 160), _never, "recompute"),  # head size above 128
+    ("gpu", "bfloat16", (2, 128, 12, 60), _never, "recompute"),  # head size not a multiple of 8
     ("cpu", "bfloat16", SHAPE, _never, "xla"),
-    ("tpu", "bfloat16", SHAPE, _never, "xla"),
+    ("tpu", "bfloat16", SHAPE, _never, "pallas"),
+    ("tpu", "bfloat16", (2, 100, 12, 64), _never, "recompute"),  # Pallas's kernel needs T a multiple of 128
 ])
 def test_auto_attention_takes_cudnn_only_where_it_can(backend, dtype, shape, probe, want):
     assert attention_implementation("auto", backend, dtype, shape, probe) == want
+
+
+def test_recomputed_attention_equals_the_kept_weights_one():
+    from jaxgpt.attention import causal_attention, recomputed_attention
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 3, 16, 8)) for i in range(3))
+    dy = jax.random.normal(jax.random.key(3), (2, 3, 16, 8))
+    ys = {f: jax.vjp(f, q, k, v) for f in (causal_attention, recomputed_attention)}
+    (y0, back0), (y1, back1) = ys.values()
+    np.testing.assert_array_equal(y0, y1)
+    for g0, g1 in zip(back0(dy), back1(dy)):
+        np.testing.assert_allclose(g0, g1, rtol=1e-6, atol=1e-6)
 
 
 def test_xla_attention_is_never_replaced():
@@ -63,8 +77,9 @@ def test_attention_settings_give_identical_logits(tiny_model):
     params = init_params(tiny_model, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, tiny_model.vocab_size)
     out = {a: GPT(dataclasses.replace(tiny_model, attention=a)).apply({"params": params}, tokens)
-           for a in ("auto", "xla")}
+           for a in ("auto", "xla", "recompute")}
     np.testing.assert_array_equal(out["auto"], out["xla"])
+    np.testing.assert_array_equal(out["recompute"], out["xla"])
 
 
 def _loss(params, cfg, tokens):
