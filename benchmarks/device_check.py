@@ -8,7 +8,9 @@ Rows:
    differences on one batch, and each one's train-step time;
 2. remat none / dots / full: train-step tokens/s and MFU at the largest batch (of those tried) that fits;
 3. cached greedy decoding, tokens/s at batch 1 and 8 (16 prompt tokens, 128 new);
-4. FSDP over every local device (`mesh.fsdp=-1`): train-step tokens/s and MFU.
+4. FSDP over every local device (`mesh.fsdp=-1`): train-step tokens/s and MFU;
+5. plan against measurement: `jaxgpt plan`'s prediction for this device (compiled in a CPU-only subprocess,
+   as on a machine without it) beside the measured peak memory, step time and attention kernel.
 Every step is the training engine's own (`Engine.train_step`: sharded, jitted, donated); times are the
 median of --repeats timed steps after a compiling one. MFU is against `jaxgpt.progress.peak_flops`.
 """
@@ -93,6 +95,56 @@ def attention_rows(cfg: ModelConfig, batch: int, repeats: int) -> list[str]:
     return out
 
 
+PLAN_TARGETS = (("h200", "h200"), ("h100", "h100"), ("a100", "a100-40g"), ("l4", "l4"), ("rtx 4090", "rtx4090"),
+                ("tpu v5 lite", "v5e-1"), ("tpu v6 lite", "v6e-1"))
+
+
+def plan_target(kind: str) -> str | None:
+    """The `jaxgpt plan` target of one device of this kind, if it has one."""
+    kind = kind.lower()
+    if "a100" in kind and "80" in kind:
+        return "a100-80g"
+    return next((t for key, t in PLAN_TARGETS if key in kind), None)
+
+
+def plan_prediction(cfg: ModelConfig, batch: int, target: str) -> dict:
+    """`jaxgpt plan`'s plan of the train step `step_time` runs, from a subprocess that sees only the CPU."""
+    import json
+    import os
+    import subprocess
+
+    run = Config(model=cfg, train=TrainConfig(batch_size=batch, warmup_steps=0))
+    code = ("import json, sys; from jaxgpt.config import Config; from jaxgpt.plan import report, targets; "
+            "from jaxgpt.plan.step import Job; cfg = Config.from_dict(json.loads(sys.argv[1])); "
+            "print(json.dumps(report.make_plan(Job(cfg), targets.get(sys.argv[2]), search=False, say=lambda s: None)))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(run.to_dict()), target], capture_output=True,
+                         text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                         cwd=Path(__file__).resolve().parent.parent)
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "plan failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def plan_rows(cfg: ModelConfig, batch: int, repeats: int) -> list[str]:
+    device = jax.devices()[0]
+    target = plan_target(device.device_kind)
+    if target is None or len(jax.devices()) != 1:
+        return [f"| plan vs measured | no single-device plan target for {len(jax.devices())} x {device.device_kind} | | |"]
+    try:
+        plan = plan_prediction(cfg, batch, target)
+    except RuntimeError as e:
+        return [f"| plan vs measured | the plan failed: {e} | | |"]
+    r = step_time(cfg, batch, repeats)
+    stats = device.memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    s, roof = plan["step"], plan["roofline"]
+    measured = f"{peak / 2**30:.2f} GiB peak in use" if peak else "no memory statistics"
+    timing = f"{1e3 * r[0]:.1f} ms measured" if r else "out of memory"
+    return [f"| plan ({target}) vs measured, batch {batch} x {cfg.block_size} | predicted {s['total_gib']:.2f} GiB, "
+            f"{measured} | roofline {1e3 * roof['step_s']:.1f} ms, {timing} | attention predicted {s['attention']}, "
+            f"here {resolve(cfg, batch).attention} |"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a stand-in model (the script, not the device)")
@@ -111,6 +163,8 @@ def main() -> None:
     print(f"device: {devices[0].device_kind} x {len(devices)} ({jax.default_backend()}); jax {jax.__version__}; "
           f"model {cfg.n_layer} layers, width {cfg.n_embd}, context {cfg.block_size}, compute {dtype}\n")
     print("| check | result | detail | |\n|---|---|---|---|")
+    for row in plan_rows(cfg, attn_batch, args.repeats):  # first, so the device's peak memory is this step's
+        print(row, flush=True)
     for row in attention_rows(cfg, attn_batch, args.repeats):
         print(row, flush=True)
     for remat in ("none", "dots", "full"):

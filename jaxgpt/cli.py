@@ -1,5 +1,5 @@
 """Command-line entry points: `python train.py` and the `jaxgpt` command (train, sample, prepare, convert,
-finetune, classify, chat).
+finetune, classify, chat, plan).
 
 Every command turns a `UserError` into one line on stderr and exit status 2, so no traceback reaches
 the user for a mistake they can fix.
@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_data.add_parsers(sub)
 
+    from jaxgpt import cli_plan
+
+    cli_plan.add_parser(sub)
+
     from jaxgpt.finetune import common
 
     f = sub.add_parser("finetune", help="finetune a pretrained GPT: classify (text labels), instruct (Alpaca) "
@@ -229,12 +233,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_and_run(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)  # a usage mistake raises UserError, reported like any other
-    return args.fn(args)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)  # a usage mistake raises UserError, reported like any other
+    if not getattr(args, "overrides", False):
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return args.fn(args)
+    bad = [o for o in rest if not o.startswith("--") or "=" not in o]
+    if bad:
+        raise UserError(f"cannot read argument {bad[0]!r}; overrides look like --train.batch_size=8")
+    return args.fn(args, rest)
+
+
+def _compile_only() -> None:
+    """JAX on the CPU alone: the GPU and TPU compilers are then only used to compile (`jaxgpt plan`)."""
+    import os
+
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:  # already imported in this process (a test): set it before any backend starts
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
         return main_train(argv[1:])
+    if argv[:1] == ["plan"]:
+        _compile_only()
     return _guarded(_parse_and_run, argv)

@@ -4,6 +4,9 @@ import dataclasses
 import os
 import tempfile
 
+# JAX on the CPU alone, in this process and the ones it starts: the GPU and TPU compilers that the test
+# extras install (for `jaxgpt plan`) are then only used to compile, and never look for hardware.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The runs of the suite keep JAX's compilation cache in a folder of their own, not in the user's.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxgpt-test-jax-cache-"))
 

@@ -8,7 +8,7 @@ import json
 import shutil
 
 import pytest
-from bad_input_support import Case, _dangling_link, check_case
+from bad_input_support import TINY_RECIPE, Case, _dangling_link, check_case
 
 
 def _shards(e, *extra, name="out"):
@@ -229,6 +229,16 @@ CASES = [
          "--max-new-tokens must be at least 1"),
     Case("chat-missing-model", "jaxgpt",
          lambda e: ["chat", str(e.tmp / "nope"), "Say hi."], "is not a directory"),
+    Case("plan-unknown-target", "jaxgpt", lambda e: ["plan", "--config", TINY_RECIPE, "--target", "h999"],
+         "unknown target 'h999'; choose one of h100"),
+    Case("plan-json-exists", "jaxgpt",
+         lambda e: ["plan", "--config", TINY_RECIPE, "--target", "h100", "--json", str(e.file("plan.json", "{}"))],
+         "already exists; choose another --json or pass --overwrite"),
+    Case("plan-nothing-fits", "jaxgpt",
+         lambda e: ["plan", "--config", TINY_RECIPE, "--data.tokenizer=gpt2", "--target", "h100", "--mem-fraction",
+                    "0.00001"], "does not fit on h100 even at micro-batch 1"),
+    Case("plan-bad-override", "jaxgpt", lambda e: ["plan", "--config", TINY_RECIPE, "--target", "h100", "stray"],
+         "cannot read argument 'stray'"),
 ]
 
 
