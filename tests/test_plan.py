@@ -158,3 +158,14 @@ def test_device_check_asks_plan_for_its_own_device():
     cfg = ModelConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32, dtype="bfloat16")
     p = dc.plan_prediction(cfg, 4, "h200")
     assert p["step"]["attention"] == "cudnn" and p["step"]["micro_batch"] == 4 and p["step"]["fits"]
+
+
+def test_fsdp_gathers_the_output_head_once_however_many_chunks(tmp_path, capsys):
+    """The fused loss reads the (V, C) head chunk by chunk; under FSDP it must be gathered once a step."""
+    gathered = []
+    for micro in ("32", "128"):  # 1,024 and 4,096 tokens: one chunk of the head loss, then four
+        code, text, plans = plan(tmp_path, capsys, "--target", "h100x8", "--no-search", "--mesh.fsdp=8",
+                                 "--micro-batch", micro, "--model.n_embd=64")
+        assert code == 0, text.err
+        gathered.append(plans[0]["step"]["collectives"]["all-gather"]["bytes"])
+    assert gathered[1] < gathered[0] * 1.01  # (the rest: a few kB of token ids and positions)
