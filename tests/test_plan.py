@@ -134,6 +134,8 @@ HLO = """HloModule m
 ENTRY %main (a: f32[8]) -> f32[8] {
   %w = (s32[], f32[8]{0}) while((s32[], f32[8]{0}) %t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"4"}}
   %rs = bf16[2,4]{1,0} reduce-scatter(bf16[16,4]{1,0} %z), dimensions={0}
+  %cp = (f32[4]{0}, f32[4]{0}, u32[], u32[]) collective-permute-start(f32[4]{0} %a), source_target_pairs={{0,1}}
+  %ag2 = ((bf16[2]{0}, f32[3]{0}), (bf16[16]{0}, /*index=1*/f32[24]{0})) all-gather-start(%b, %c), dimensions={0}
   %cc = (bf16[8]{0}, f32[8]{0}) custom-call(%a), custom_call_target="__cudnn$fmhaSoftmax"
 }
 """
@@ -141,9 +143,10 @@ ENTRY %main (a: f32[8]) -> f32[8] {
 
 def test_hlo_reading_counts_loop_trips_and_kernels():
     c = hlo.collectives(HLO)
-    assert c["all-gather"] == {"count": 4, "bytes": 4 * 64 * 4}
+    assert c["all-gather"] == {"count": 5, "bytes": 4 * 64 * 4 + 16 * 2 + 24 * 4}  # a start counts its outputs
     assert c["all-reduce"] == {"count": 4, "bytes": 4 * 8 * 4}  # the -done half is not counted again
     assert c["reduce-scatter"] == {"count": 1, "bytes": 2 * 4 * 2}
+    assert c["collective-permute"] == {"count": 1, "bytes": 4 * 4}
     assert hlo.kernels(HLO) == {"cudnn": ["__cudnn$fmhaSoftmax"]}
 
 

@@ -41,6 +41,25 @@ def _split_shape(rest: str) -> tuple[str, str]:
     return rest, ""
 
 
+def _top_level(shape: str) -> list[str]:
+    """The top-level elements of a tuple shape "(a, (b, c), d)"; [shape] for an array."""
+    shape = re.sub(r"/\*.*?\*/", "", shape)  # "/*index=5*/" markers
+    if not shape.startswith("("):
+        return [shape]
+    parts, depth, start = [], 0, 1
+    for i, ch in enumerate(shape):
+        if ch in "({[":
+            depth += 1
+        elif ch in ")}]":
+            depth -= 1
+            if depth == 0:
+                parts.append(shape[start:i].strip())
+        elif ch == "," and depth == 1:
+            parts.append(shape[start:i].strip())
+            start = i + 1
+    return [p for p in parts if p]
+
+
 def array_bytes(shape: str) -> list[int]:
     """Bytes of every array in a (possibly tuple) shape, in order."""
     out = []
@@ -98,8 +117,8 @@ def _multiplicity(name: str, entry: str | None, edges, seen=()) -> int:
 def collectives(text: str) -> dict[str, dict[str, int]]:
     """{kind: {"count": per step, "bytes": produced per step per device}} of the program's collectives.
 
-    An asynchronous pair (`all-gather-start` / `-done`) counts once, by its start; of a start's tuple
-    result, the output is its second half.
+    An asynchronous pair (`all-gather-start` / `-done`) counts once, by its start; a start's result is a
+    tuple (operands, outputs, ...), of which the outputs count.
     """
     comps, entry, edges = _parse(text)
     out: dict[str, dict[str, int]] = {}
@@ -111,9 +130,10 @@ def collectives(text: str) -> dict[str, dict[str, int]]:
                 continue
             if times is None:
                 times = _multiplicity(comp, entry, edges)
+            if opcode.endswith("-start") and kind != "all-reduce":
+                parts = _top_level(shape)  # (operands, outputs, [context scalars])
+                shape = parts[1] if len(parts) > 1 else shape
             sizes = array_bytes(shape)
-            if opcode.endswith("-start") and kind != "all-reduce" and len(sizes) >= 2:
-                sizes = sizes[len(sizes) // 2:]
             row = out.setdefault(kind, {"count": 0, "bytes": 0})
             row["count"] += times
             row["bytes"] += times * sum(sizes)
