@@ -7,7 +7,9 @@ then:
 `train.init_from` may also point straight at the Hugging Face or OpenAI directory, or at gpt2-medium/
 large/xl weights: the model's shape always comes from the pretrained weights. A small constant learning
 rate after a short warm-up keeps what GPT-2 knows; dropout 0.1 slows overfitting on a corpus this small.
-On a GPU or TPU set --model.dtype=bfloat16 and a longer context (up to 1024).
+On a GPU or TPU set --model.dtype=bfloat16 and a longer context (up to 1024). As it stands (float32,
+context 256, batch 8) `jaxgpt plan` finds it fits an L4 24 GB in 3.9 GiB (micro-batch 56 at most) and an
+A100 40 GB in 4.2 GiB (96 at most).
 """
 
 from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig

@@ -2,6 +2,12 @@
 
 Point data.source at your own large corpus (a folder of .txt files); the embedded Shakespeare is far too
 small for this model and only serves to check that the recipe runs.
+
+Micro-batches (train.batch_size / train.grad_accum sequences of 1,024 per step and device group) that fit,
+from `jaxgpt plan` (docs/planning.md; the largest per device, with JAX's default GPU memory pool):
+H100 80 GB 144, so the recipe's 64 fits (25.4 GiB); A100 40 GB 56 and L4 24 GB 44: use
+--train.grad_accum=16 (32); one TPU v5e chip 26: use --train.grad_accum=32 (16); TPU v5e-8 36 a chip:
+the recipe's 64 is 8 a chip.
 """
 
 from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig

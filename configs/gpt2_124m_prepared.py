@@ -6,8 +6,10 @@ then point data.source at the folder:
     python train.py --config configs/gpt2_124m_prepared.py --data.source=data/fineweb_edu_10b
 Settings as build-nanogpt's 10B-token run: 524,288 tokens a step (512 sequences of 1024), 19,073 steps (one
 pass over 10B tokens), warmup 715 steps, learning rate 6e-4 decayed to 6e-5, AdamW (0.9, 0.95), weight
-decay 0.1, clipping at 1.0. Lower --train.grad_accum's micro-batch (batch_size / grad_accum sequences per
-step and device group) to what fits: 64 x 1024 suits an 80 GB GPU in bfloat16.
+decay 0.1, clipping at 1.0. The micro-batch (batch_size / grad_accum sequences per step and device group)
+must fit: `jaxgpt plan --config configs/gpt2_124m_prepared.py --target <yours>` tells; the recipe's 64 fits
+an H100 80 GB; an A100 40 GB takes 56 at most (--train.grad_accum=16), one TPU v5e chip 26
+(--train.grad_accum=32); see configs/gpt2_124m.py and docs/planning.md.
 """
 
 from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig

@@ -172,3 +172,10 @@ def test_fsdp_gathers_the_output_head_once_however_many_chunks(tmp_path, capsys)
         assert code == 0, text.err
         gathered.append(plans[0]["step"]["collectives"]["all-gather"]["bytes"])
     assert gathered[1] < gathered[0] * 1.01  # (the rest: a few kB of token ids and positions)
+
+
+def test_every_target_has_its_devices_and_hosts():
+    for t in targets.TARGETS.values():
+        found = targets.devices(t)
+        assert len(found) == t.n_devices and len({d.process_index for d in found}) == t.hosts, t.name
+        assert t.memory > 0 and t.bandwidth > 0 and t.peak("bfloat16") > 0 and t.source

@@ -7,8 +7,9 @@ compute capability) and a topology `<slices>x<hosts>x<devices per host>`; for a 
 libtpu knows (`v5e:2x4`) and the chips per host. `devices(target)` asks the installed compile plugin for
 the target's devices, on which `jax.jit(...).lower(...).compile()` then runs as it would on the machine.
 
-Figures are per device as JAX sees it: one GPU, one TPU chip (v5e, v6e; v5p's megacore chip), or one
-TensorCore for TPU v4, whose two cores the compiler presents as two devices of half the chip each.
+Figures are per device as JAX sees it: one GPU, or one TPU chip (v5p's is a megacore chip). TPU v4 is left
+out: libtpu's compile-only v4 topology presents each TensorCore as a device, which JAX's meshes refuse
+(they want one device per chip).
 """
 
 from __future__ import annotations
@@ -79,7 +80,6 @@ _SRC_A100 = ("NVIDIA A100 Tensor Core GPU data sheet (SXM4: 40 GB HBM2 1,555 GB/
 _SRC_L4 = "NVIDIA L4 Tensor Core GPU data sheet (24 GB GDDR6, 300 GB/s, 121 TFLOPS BF16 dense, 60 TF32 dense)"
 _SRC_4090 = ("NVIDIA Ada Lovelace architecture white paper, GeForce RTX 4090 (24 GB GDDR6X, 1,008 GB/s, "
              "165 TFLOPS BF16 dense with FP32 accumulation, 83 TF32)")
-_SRC_V4 = "Google Cloud TPU v4 documentation (per chip: 275 TFLOPS BF16, 32 GiB HBM2, 1,200 GB/s; two TensorCores)"
 _SRC_V5E = "Google Cloud TPU v5e documentation (per chip: 197 TFLOPS BF16, 16 GiB HBM2, 819 GB/s)"
 _SRC_V5P = "Google Cloud TPU v5p documentation (per chip: 459 TFLOPS BF16, 95 GiB HBM2e, 2,765 GB/s)"
 _SRC_V6E = "Google Cloud TPU v6e (Trillium) documentation (per chip: 918 TFLOPS BF16, 32 GiB HBM, 1,640 GB/s)"
@@ -108,7 +108,6 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     _gpus("a100x8", _A100_80, 8, 1, 80, 2.039e12, 312e12, 156e12, _SRC_A100, "A100 SXM 80 GB"),
     _gpus("l4", _L4, 1, 1, 24, 300e9, 121e12, 60e12, _SRC_L4, "L4 24 GB"),
     _gpus("rtx4090", _RTX4090, 1, 1, 24, 1008e9, 165e12, 83e12, _SRC_4090, "GeForce RTX 4090 24 GB"),
-    _tpus("v4-8", "v4:2x2x1", 8, 1, 16, 600e9, 137.5e12, _SRC_V4, "TPU v4 TensorCore (4 chips)"),
     _tpus("v5e-1", "v5e:1x1", 1, 1, 16, 819e9, 197e12, _SRC_V5E, "TPU v5e chip", (1, 1, 1)),
     _tpus("v5e-4", "v5e:2x2", 4, 1, 16, 819e9, 197e12, _SRC_V5E, "TPU v5e chip", (2, 2, 1)),
     _tpus("v5e-8", "v5e:2x4", 8, 1, 16, 819e9, 197e12, _SRC_V5E, "TPU v5e chip", (2, 4, 1)),
