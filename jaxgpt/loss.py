@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import optax
 
 from jaxgpt import trainable as parts
@@ -58,6 +59,12 @@ def _logits(h, head, dtype):
     return jnp.einsum("nc,vc->nv", h.astype(dtype), head.astype(dtype)).astype(jnp.float32)  # (n, V)
 
 
+def whole_head(head, dtype=None):
+    """The (V, C) head as the chunk loops read it: whole along its embedding axis (a head still split by FSDP
+    would be gathered again in every chunk), cast to `dtype` first so that the one gather moves that."""
+    return nn.with_logical_constraint(head if dtype is None else head.astype(dtype), ("vocab", None))
+
+
 def _chunk_loss(h, targets, head, dtype):
     """Summed loss of one chunk, h: (n, C), targets: (n,), and the gradient of that sum w.r.t. its logits.
 
@@ -86,6 +93,7 @@ def head_loss(h, head, targets, dtype: str, chunk_tokens: int) -> jax.Array:
         dtype: compute dtype of the projection; chunk_tokens: most tokens whose logits exist at once.
     """
     hs, ts = _split(h, targets, chunk_tokens)
+    head = whole_head(head, jnp.dtype(dtype))
     return jnp.sum(jax.lax.map(lambda a: _chunk_loss(a[0], a[1], head, jnp.dtype(dtype))[0], (hs, ts)))
 
 
@@ -94,11 +102,12 @@ def _head_loss_fwd(h, head, targets, dtype, chunk_tokens):
     # here, chunk by chunk while each chunk's logits exist, and keep no logits for the backward pass.
     hs, ts = _split(h, targets, chunk_tokens)
     dt = jnp.dtype(dtype)
+    head_c = whole_head(head, dt)  # (V, C); the gradient is still summed in float32 for `head` itself
 
     def chunk(dhead, inputs):
         hc, tc = inputs  # (n, C), (n,)
-        loss, dlogits = _chunk_loss(hc, tc, head, dt)  # (), (n, V)
-        dh = jnp.einsum("nv,vc->nc", dlogits, head.astype(dt)).astype(h.dtype)  # (n, C)
+        loss, dlogits = _chunk_loss(hc, tc, head_c, dt)  # (), (n, V)
+        dh = jnp.einsum("nv,vc->nc", dlogits, head_c).astype(h.dtype)  # (n, C)
         dhead = dhead + jnp.einsum("nv,nc->vc", dlogits, hc.astype(dt)).astype(jnp.float32)  # (V, C), f32 sum
         return dhead, (loss, dh)
 
@@ -129,6 +138,7 @@ def token_logprobs(h, head, targets, dtype: str, chunk_tokens: int = HEAD_CHUNK_
         h: (N, C) hidden states; head: (V, C); targets: (N,). Returns: (N,) float32.
     """
     hs, ts = _split(h, targets, chunk_tokens)  # (k, n, C), (k, n)
+    head = whole_head(head)  # as stored: its gradient, summed over the chunks, keeps the weights' dtype
 
     @jax.checkpoint
     def chunk(inputs):

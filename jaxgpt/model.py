@@ -221,12 +221,8 @@ class GPT(nn.Module):
         return self.wte.embedding
 
     def features(self, tokens, deterministic: bool = True):
-        """(hidden states (B, T, C), head weight (V, C)): what the fused losses project and score.
-
-        The head comes whole along its embedding axis: the losses read it once per chunk of tokens, and a
-        weight still split by FSDP would be gathered again for every chunk."""
-        head = nn.with_logical_constraint(self.head_weight(), ("vocab", None))  # (V, C)
-        return self.hidden_states(tokens, deterministic)[0], head
+        """(hidden states (B, T, C), head weight (V, C)): what the fused losses project and score."""
+        return self.hidden_states(tokens, deterministic)[0], self.head_weight()
 
     def logits(self, x):
         """Project hidden states (B, T, C) onto the vocabulary with the tied embedding -> float32."""
