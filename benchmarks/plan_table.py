@@ -55,6 +55,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="rows whose size, task or target contains this text")
     ap.add_argument("--skip", default="", help="leave out rows whose target contains this text")
+    ap.add_argument("--start", type=int, default=0, help="begin at this row (0-based), to finish a cut run")
     ap.add_argument("--no-search", dest="search", action="store_false")
     ap.add_argument("--json", default=None, help="write every plan here")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -66,7 +67,7 @@ def main() -> int:
           "| next size needs | collectives per step | compiles, s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     plans = []
-    for size, task, trainable, target, overrides in ROWS:
+    for size, task, trainable, target, overrides in ROWS[args.start:]:
         if args.only and not any(args.only in x for x in (size, task, target, trainable)):
             continue
         if args.skip and args.skip in target:
