@@ -21,8 +21,9 @@ def _free_port() -> int:
 
 
 def _env():
+    """The environment without the suite's JAX settings (each process finds its own), but on the CPU alone."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
-    return {**env, "PYTHONPATH": str(ROOT)}
+    return {**env, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
 def _losses(run_dir) -> dict[int, float]:

@@ -130,13 +130,18 @@ def _refusal_bytes(message: str) -> int:
 
 @contextlib.contextmanager
 def _uncached():
-    """JAX's persistent compilation cache off: a program for devices that are not here cannot be stored."""
-    before = jax.config.jax_enable_compilation_cache
+    """JAX's persistent compilation cache kept out: a program for devices that are not here cannot be
+    loaded back. Off if it has not started in this process; if it has (JAX decides that once), it writes
+    nothing, so there is nothing to read."""
+    saved = {k: getattr(jax.config, k) for k in
+             ("jax_enable_compilation_cache", "jax_persistent_cache_min_compile_time_secs")}
     jax.config.update("jax_enable_compilation_cache", False)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
     try:
         yield
     finally:
-        jax.config.update("jax_enable_compilation_cache", before)
+        for k, v in saved.items():
+            jax.config.update(k, v)
 
 
 def compile_step(job: Job, target: Target, micro: int, usable: int, say: Callable[[str], None] | None = None) -> Fit:
