@@ -162,7 +162,7 @@ def check_plugin(t: Target) -> None:
     if not _installed(need):
         what = "NVIDIA GPUs" if t.kind == "gpu" else "TPUs"
         raise UserError(f"planning for {what} needs the {need} compiler, which is not installed; run "
-                        f"{CUDA_INSTALL} (both compilers, about 4.7 GB) and plan again")
+                        f"{CUDA_INSTALL} (both compilers, about 5 GB installed) and plan again")
 
 
 @contextlib.contextmanager
