@@ -2,7 +2,8 @@
 
 `attend` is softmax attention written as two batched products over head-major keys and values (with the
 weights explicit, for dropout or a KV cache); `causal_attention` is the training path's, with its backward
-pass written out; cuDNN's fused kernel (through `jax.nn.dot_product_attention`) is used on a GPU where it
+pass written out, and `recomputed_attention` the same whose backward computes the weights again instead of
+keeping them (for accelerators without a fused kernel); cuDNN's fused kernel (through `jax.nn.dot_product_attention`) is used on a GPU where it
 compiles; Pallas's TPU flash attention (`pallas_attention`) on a TPU for the shapes it takes
 (`pallas_supports`), run per device under a mesh. `attention_implementation` decides which, once, before
 anything is traced.
