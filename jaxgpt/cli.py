@@ -13,7 +13,6 @@ from pathlib import Path
 
 from jaxgpt.errors import UserError
 
-DEFAULT_CONFIG = "configs/shakespeare_char.py"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,11 +33,6 @@ def _guarded(fn, *args) -> int:
         return 130
 
 
-def _default_config_path() -> Path:
-    here = Path(DEFAULT_CONFIG)
-    return here if here.is_file() else Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
-
-
 def _train(argv: list[str]) -> int:
     from jaxgpt import config as config_lib
     from jaxgpt.trainer import train
@@ -52,12 +46,12 @@ def _train(argv: list[str]) -> int:
                + table(describe(Config)).replace("%", "%%"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", default=None, help=f"recipe file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", default=None, help=f"recipe file (default {config_lib.DEFAULT_CONFIG})")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
     if bad:
         raise UserError(f"cannot read argument {bad[0]!r}; overrides look like --train.max_steps=100")
-    cfg = config_lib.load_config_file(args.config or _default_config_path())
+    cfg = config_lib.load_config_file(args.config or config_lib.default_config_path())
     cfg = config_lib.apply_overrides(cfg, overrides)
     train(cfg)
     return 0

@@ -49,13 +49,12 @@ def add_parser(sub) -> None:
 
 def _job(args: argparse.Namespace, overrides: list[str]):
     from jaxgpt import config as config_lib
-    from jaxgpt.cli import _default_config_path
     from jaxgpt.config import ModelConfig
     from jaxgpt.lora import LoraConfig
     from jaxgpt.plan.step import Job
     from jaxgpt.trainable import Parts
 
-    cfg = config_lib.load_config_file(args.config or _default_config_path())
+    cfg = config_lib.load_config_file(args.config or config_lib.default_config_path())
     cfg = config_lib.validate(config_lib.apply_overrides(cfg, overrides))
     if args.micro_batch is not None:
         if args.micro_batch < 1:

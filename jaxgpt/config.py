@@ -176,6 +176,15 @@ def flatten(cfg: Config) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
 
 
+DEFAULT_CONFIG = "configs/shakespeare_char.py"  # the recipe of `python train.py` without --config
+
+
+def default_config_path() -> Path:
+    """The default recipe: in the working folder if it has one, else beside this package (a source checkout)."""
+    here = Path(DEFAULT_CONFIG)
+    return here if here.is_file() else Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+
+
 def load_config_file(path: str | Path) -> Config:
     """Execute a recipe file from `configs/` and return its module-level `config`."""
     path = Path(path)
