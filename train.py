@@ -6,7 +6,7 @@ With no arguments it trains the default character-level model on the embedded Sh
 
 import sys
 
-from jaxgpt.cli import main_train
+from jaxgpt.cli.main import main_train
 
 if __name__ == "__main__":
     sys.exit(main_train(sys.argv[1:]))

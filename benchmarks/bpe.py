@@ -6,7 +6,7 @@
 English defaults to the embedded Shakespeare; Chinese to the translated messages of the zh_CN gettext
 catalogs this machine ships (/usr/share/locale/zh_CN/LC_MESSAGES/*.mo: git, coreutils, bash, ...; real
 Chinese, if of one domain). Each side is cut 90/10 into training and held-out documents; one BPE is
-trained on both training parts (`jaxgpt.bpe.train_bpe`) and both tokenizers are measured on the held-out
+trained on both training parts (`jaxgpt.tokenizer.bpe.train_bpe`) and both tokenizers are measured on the held-out
 parts. Higher bytes per token: each token carries more text, so a context holds more and a step sees more.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt.bpe import bytes_per_token, train_bpe  # noqa: E402
-from jaxgpt.shakespeare import shakespeare_plays  # noqa: E402
-from jaxgpt.tokenizer import GPT2Tokenizer  # noqa: E402
+from jaxgpt.tokenizer.bpe import bytes_per_token, train_bpe
+from jaxgpt.data.shakespeare import shakespeare_plays
+from jaxgpt.tokenizer.kinds import GPT2Tokenizer
 
 CATALOGS = "/usr/share/locale/zh_CN/LC_MESSAGES/*.mo"
 

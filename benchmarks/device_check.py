@@ -12,7 +12,7 @@ Rows:
 5. plan against measurement: `jaxgpt plan`'s prediction for this device (compiled in a CPU-only subprocess,
    as on a machine without it) beside the measured peak memory, step time and attention kernel.
 Every step is the training engine's own (`Engine.train_step`: sharded, jitted, donated); times are the
-median of --repeats timed steps after a compiling one. MFU is against `jaxgpt.progress.peak_flops`.
+median of --repeats timed steps after a compiling one. MFU is against `jaxgpt.report.progress.peak_flops`.
 """
 
 import argparse
@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxgpt import loss  # noqa: E402
+from jaxgpt.model import objectives
 from jaxgpt.config import Config, MeshConfig, ModelConfig, TrainConfig  # noqa: E402
-from jaxgpt.engine import Engine  # noqa: E402
+from jaxgpt.train.engine import Engine
 from jaxgpt.errors import UserError  # noqa: E402
-from jaxgpt.model import GPT, resolve  # noqa: E402
-from jaxgpt.progress import flops_per_token, peak_flops  # noqa: E402
-from jaxgpt.sampling import generate  # noqa: E402
+from jaxgpt.model.gpt import GPT, resolve
+from jaxgpt.report.progress import flops_per_token, peak_flops
+from jaxgpt.model.sampling import generate
 
 
 def _oom(e: Exception) -> bool:
@@ -46,7 +46,7 @@ def step_time(model_cfg: ModelConfig, batch: int, repeats: int, mesh: MeshConfig
     model = GPT(resolve(model_cfg, batch))
     cfg = Config(model=model_cfg, train=TrainConfig(batch_size=batch, warmup_steps=0), mesh=mesh)
     try:
-        engine = Engine(cfg, model, loss.language_model(model))
+        engine = Engine(cfg, model, objectives.language_model(model))
         state, frozen = engine.start()
         rng = np.random.default_rng(0)
         windows = rng.integers(0, model_cfg.vocab_size, (1, batch, model_cfg.block_size + 1)).astype(np.int32)
@@ -80,11 +80,11 @@ def attention_rows(cfg: ModelConfig, batch: int, repeats: int) -> list[str]:
             out.append(f"| attention {how} | not available here: {str(e).split(';')[0]} | | |")
             continue
         model = GPT(resolved)
-        from jaxgpt.model import init_params
+        from jaxgpt.model.gpt import init_params
 
         params = init_params(cfg, jax.random.key(0))
         logits = np.asarray(jax.jit(model.apply)({"params": params}, tokens[:, :-1]), np.float32)
-        value = float(jax.jit(lambda p: loss.mean_loss(model, p, tokens[:, :-1], tokens[:, 1:]))(params))
+        value = float(jax.jit(lambda p: objectives.mean_loss(model, p, tokens[:, :-1], tokens[:, 1:]))(params))
         r = step_time(resolved, batch, repeats)
         results[how] = (logits, value)
         timing = f"{1e3 * r[0]:.1f} ms/step, {r[1]:,.0f} tok/s, MFU {r[2]:.1%}" if r else "out of memory"
@@ -180,7 +180,7 @@ def main() -> None:
                   f"MFU {mfu:.1%} | {1e3 * sec:.1f} ms/step |", flush=True)
         else:
             print(f"| remat {remat} | even batch {batches[0]} does not fit | | |", flush=True)
-    from jaxgpt.model import init_params
+    from jaxgpt.model.gpt import init_params
 
     params = init_params(cfg, jax.random.key(0))
     for b in (1, 8):

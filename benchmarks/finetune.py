@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxgpt.config import apply_overrides, load_config_file  # noqa: E402
 from jaxgpt.finetune import classify, dpo, instruct, tasks  # noqa: E402
-from jaxgpt.trainer import train  # noqa: E402
+from jaxgpt.train.pretrain import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,12 +24,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt import convert  # noqa: E402
+from jaxgpt.store import convert
 from jaxgpt.config import ModelConfig  # noqa: E402
-from jaxgpt.model import GPT  # noqa: E402
-from jaxgpt.sampling import generate  # noqa: E402
-from jaxgpt.loader import load_pretrained  # noqa: E402
-from jaxgpt.loss import mean_loss  # noqa: E402
+from jaxgpt.model.gpt import GPT
+from jaxgpt.model.sampling import generate
+from jaxgpt.store.loader import load_pretrained
+from jaxgpt.model.objectives import mean_loss
 
 
 def random_model(preset: str, seed: int) -> GPT2LMHeadModel:

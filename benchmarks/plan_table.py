@@ -20,13 +20,13 @@ from pathlib import Path
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt import config as config_lib  # noqa: E402
+from jaxgpt import config as config_lib
 from jaxgpt.config import ModelConfig  # noqa: E402
 from jaxgpt.errors import UserError  # noqa: E402
-from jaxgpt.lora import LoraConfig  # noqa: E402
+from jaxgpt.model.lora import LoraConfig
 from jaxgpt.plan import report, targets  # noqa: E402
 from jaxgpt.plan.step import Job  # noqa: E402
-from jaxgpt.trainable import Parts  # noqa: E402
+from jaxgpt.model.parts import Parts
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "gpt2_124m.py"
 SIZES = {"124m": "gpt2", "355m": "gpt2-medium", "774m": "gpt2-large", "1.5b": "gpt2-xl"}

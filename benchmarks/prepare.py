@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt.shakespeare import shakespeare_text  # noqa: E402
-from jaxgpt.tokenizer import _gpt2_encoding  # noqa: E402
+from jaxgpt.data.shakespeare import shakespeare_text
+from jaxgpt.tokenizer.kinds import _gpt2_encoding
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,8 +60,8 @@ def single_thread_rate(sample: list[str]) -> tuple[float, float]:
 def run_prepare(src: Path, out: Path, workers: int) -> dict:
     """One `jaxgpt prepare` in a process of its own (so its peak memory is its own)."""
     code = ("import json, resource, sys, time\n"
-            "from jaxgpt.shards import prepare_shards\n"
-            "from jaxgpt.tokenizer import GPT2Tokenizer\n"
+            "from jaxgpt.data.shards import prepare_shards\n"
+            "from jaxgpt.tokenizer.kinds import GPT2Tokenizer\n"
             "t0 = time.perf_counter()\n"
             f"m = prepare_shards([{str(src)!r}], {str(out)!r}, GPT2Tokenizer().meta(), workers={workers}, "
             "log=lambda s: None)\n"

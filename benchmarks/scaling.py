@@ -25,7 +25,7 @@ import jax  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jaxgpt.config import Config, DataConfig, MeshConfig, ModelConfig, TrainConfig  # noqa: E402
-from jaxgpt.trainer import Trainer  # noqa: E402
+from jaxgpt.train.pretrain import Trainer
 
 
 def measure(cfg: Config, devices, warmup: int, steps: int) -> float:

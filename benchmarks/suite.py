@@ -109,11 +109,11 @@ def setup_jax():
 def jax_runner(case: dict, threads: int):
     """A function running one synchronised jaxgpt call of the case (built and placed, not yet compiled)."""
     jax = setup_jax()
-    from jaxgpt import loss
+    from jaxgpt.model import objectives
     from jaxgpt.config import Config, ModelConfig, TrainConfig
-    from jaxgpt.engine import Engine
-    from jaxgpt.model import GPT, init_params
-    from jaxgpt.sampling import generate
+    from jaxgpt.train.engine import Engine
+    from jaxgpt.model.gpt import GPT, init_params
+    from jaxgpt.model.sampling import generate
 
     cfg = ModelConfig(**case["model"])
     model, params = GPT(cfg), init_params(cfg, jax.random.key(0))
@@ -125,7 +125,7 @@ def jax_runner(case: dict, threads: int):
         return run
     train = TrainConfig(batch_size=case["batch"], learning_rate=LR, lr_schedule="constant", warmup_steps=0,
                         beta1=BETAS[0], beta2=BETAS[1], weight_decay=WD, grad_clip=0.0)
-    engine = Engine(Config(model=cfg, train=train), model, loss.language_model(model))  # train.py's own step
+    engine = Engine(Config(model=cfg, train=train), model, objectives.language_model(model))  # train.py's own step
     state, frozen = engine.start(params)
     state = [state]
     batch = engine.put((x[None], y[None]))  # (grad_accum=1, B, T)

@@ -5,7 +5,7 @@
     python benchmarks/throughput.py --config configs/gpt2_124m.py --model.dtype=bfloat16 --model.remat=dots  # a GPU
 
 Times are medians over --repeats timed runs after one warm-up (compilation), synchronised with
-block_until_ready. MFU is against the peak that `jaxgpt.progress.peak_flops` reports (on a CPU, a
+block_until_ready. MFU is against the peak that `jaxgpt.report.progress.peak_flops` reports (on a CPU, a
 float32 matmul measured at start-up).
 """
 
@@ -21,11 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt import config as config_lib, loss  # noqa: E402
-from jaxgpt.engine import Engine  # noqa: E402
-from jaxgpt.model import GPT, resolve  # noqa: E402
-from jaxgpt.progress import flops_per_token, peak_flops  # noqa: E402
-from jaxgpt.sampling import generate  # noqa: E402
+from jaxgpt import config as config_lib
+from jaxgpt.model import objectives
+from jaxgpt.train.engine import Engine
+from jaxgpt.model.gpt import GPT, resolve
+from jaxgpt.report.progress import flops_per_token, peak_flops
+from jaxgpt.model.sampling import generate
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
 
     cfg = dataclasses.replace(cfg, model=mcfg)
     model = GPT(resolve(mcfg, tc.batch_size // tc.grad_accum))  # the attention kernel decided as train.py does
-    engine = Engine(cfg, model, loss.language_model(model))  # the real step: mesh, shardings, donation
+    engine = Engine(cfg, model, objectives.language_model(model))  # the real step: mesh, shardings, donation
     state, frozen = engine.start()
     rng = np.random.default_rng(0)
     windows = rng.integers(0, vocab, (tc.grad_accum, tc.batch_size // tc.grad_accum, T + 1)).astype(np.int32)

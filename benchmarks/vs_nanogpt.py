@@ -107,7 +107,7 @@ def torch_worker(cfg, data, threads: int):
         return tc.min_lr + 0.5 * (tc.learning_rate - tc.min_lr) * (1 + math.cos(math.pi * frac))
 
     def step(i: int):
-        from jaxgpt.data import get_batch
+        from jaxgpt.data.windows import get_batch
 
         x, y = (torch.from_numpy(a.astype(np.int64)) for a in get_batch(data, tc.batch_size, T, tc.seed, i))
         for g in opt.param_groups:
@@ -127,7 +127,7 @@ def torch_worker(cfg, data, threads: int):
 # --- jaxgpt's side -----------------------------------------------------------------------------------------
 
 def jax_worker(cfg):
-    from jaxgpt.trainer import Trainer
+    from jaxgpt.train.pretrain import Trainer
 
     trainer = Trainer(cfg)
     engine, task = trainer.engine, trainer.task
@@ -147,8 +147,8 @@ def worker(side: str, recipe: str, overrides: list[str], threads: int) -> None:
     if side == "jaxgpt":
         step = jax_worker(cfg)
     else:
-        from jaxgpt.data import prepare
-        from jaxgpt.tokenizer import tokenizer_from_meta
+        from jaxgpt.data.cache import prepare
+        from jaxgpt.tokenizer.kinds import tokenizer_from_meta
         import dataclasses
 
         p = prepare(cfg.data.source, cfg.data.tokenizer, cfg.data.cache_dir, cfg.data.val_fraction)

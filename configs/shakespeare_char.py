@@ -1,12 +1,12 @@
-"""Default run: a character-level GPT on the embedded Shakespeare corpus, sized for a 2-core CPU (about 2 minutes on an Intel Xeon)."""
+"""Default run: a character-level GPT on the embedded Shakespeare corpus, sized for a 2-core CPU (a few minutes;
+the measured times are in benchmarks/RESULTS.md)."""
 
 from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig
 
-# Context 64 and batch 64 (4,096 characters a step, as 128 x 32 gave): on a CPU the step is 1.26x faster
-# than at context 128, and 900 steps reach a lower validation loss than 1,000 did there. The batch is taken
-# in 8 micro-batches of 8 sequences, two at a time (the same gradient, summed): a micro-batch's activations
-# stay in a core's cache, and XLA computes the two side by side. On a 2-core CPU that step is about 1.5x
-# faster than the batch in one piece (benchmarks/RESULTS.md).
+# Context 64 and batch 64 (4,096 characters a step): on a CPU a shorter context at the same characters per
+# step is faster and learns as well. The batch is taken in 8 micro-batches of 8 sequences, two at a time (the
+# same gradient, summed): a micro-batch's activations stay in a core's cache, and XLA computes the two side
+# by side (the measurements are in benchmarks/RESULTS.md).
 config = Config(
     model=ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
     data=DataConfig(source="shakespeare", tokenizer="char"),

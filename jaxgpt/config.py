@@ -113,7 +113,7 @@ LOGICAL_AXES = ("vocab", "embed", "heads", "mlp")
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """How the devices are arranged and what is split across them (see jaxgpt/sharding.py). The axis
+    """How the devices are arranged and what is split across them (see jaxgpt/train/sharding.py). The axis
     sizes multiply to the device count; batches are split over data x fsdp."""
 
     data: int = -1  # data-parallel groups (replicated weights); -1: the devices the other axes leave
@@ -311,8 +311,6 @@ def validate(cfg: Config) -> Config:
     if t.batch_size % t.grad_accum:
         raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by train.grad_accum ({t.grad_accum})")
     _validate_mesh(cfg.mesh, cfg.dist)
-    from jaxgpt.observe import parse_steps
-
     parse_steps(t.profile_steps)
     return cfg
 
@@ -357,3 +355,14 @@ def diff(old: Config, new: Config) -> list[str]:
 
 def save_json(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def parse_steps(text: str) -> tuple[int, int] | None:
+    """"A:B" -> (A, B) with 1 <= A <= B; "" -> None; anything else is one line."""
+    if not text:
+        return None
+    a, sep, b = text.partition(":")
+    if not (sep and a.strip().isdigit() and b.strip().isdigit() and 1 <= int(a) <= int(b)):
+        raise UserError(f"train.profile_steps {text!r} must be A:B, the first and last step to trace (1 <= A <= B), "
+                        "e.g. --train.profile_steps=10:15")
+    return int(a), int(b)

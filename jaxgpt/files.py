@@ -1,8 +1,10 @@
-"""Writing output directories so that nothing is lost: all or nothing, and never over something else."""
+"""Files in and out, so that nothing is lost: the one atomic writer, the one reader of a user's text, and
+output folders written all or nothing, never over something else."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -63,3 +65,47 @@ def read_json_object(path: str | Path, fix: str) -> dict:
     if not isinstance(d, dict):
         raise UserError(f"{path} is damaged (not a JSON object); {fix}")
     return d
+
+
+def write_atomic(path: str | Path, data: bytes | bytearray | memoryview | str) -> None:
+    """Write `data` (str as UTF-8) to `path` whole or not at all: a temporary file beside it, then one rename,
+    so a kill mid-write leaves the old file or none, never a truncated one. The folder is made if needed.
+    A failure is a UserError naming the path (a full disk says so)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"the disk holding {path.parent} is full; free some space and run the same command "
+                            "again") from None
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write_json(path: str | Path, obj, indent: int = 2) -> None:
+    """`obj` as JSON (a trailing newline), written atomically."""
+    write_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_text(path: str | Path) -> str:
+    """A user's text file as one string: UTF-8 checked, binary refused, BOM and CRLF normalised."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}); check that it is a readable file") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise UserError(f"{path} looks binary (NUL byte at offset {nul}); pass plain UTF-8 text files only")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 (bad byte at offset {e.start}); re-save it as UTF-8") from None
+    # A BOM or Windows line endings would otherwise become extra characters in a char vocabulary.
+    return text.removeprefix("\ufeff").replace("\r\n", "\n")

@@ -14,10 +14,10 @@ import jax
 import pytest
 from conftest import TINY_MODEL, write_corpus
 
-from jaxgpt import checkpoint
+from jaxgpt.store import checkpoint
 from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig
-from jaxgpt.model import init_params
-from jaxgpt.tokenizer import GPT2Tokenizer
+from jaxgpt.model.gpt import init_params
+from jaxgpt.tokenizer.kinds import GPT2Tokenizer
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ class Base:
 @pytest.fixture(scope="session")
 def base(tmp_path_factory) -> Base:
     root = tmp_path_factory.mktemp("base")
-    from jaxgpt.trainer import train
+    from jaxgpt.train.pretrain import train
 
     corpus = Path(write_corpus(root / "corpus.txt"))
     cfg = Config(
@@ -152,7 +152,7 @@ def _fingerprint(root: Path) -> dict[str, str]:
 
 def check_case(case: Case, base: Base, tmp_path: Path, capfd) -> None:
     """Run one case in-process and check what the user sees and that nothing on disk changed."""
-    from jaxgpt.cli import main, main_train
+    from jaxgpt.cli.main import main, main_train
 
     env = Env(tmp_path, base)
     argv = case.args(env)

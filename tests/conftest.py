@@ -57,9 +57,9 @@ def tiny_config(tmp_path, corpus) -> Config:
 
 def save_bpe_model(path, block_size: int = 64, n_layer: int = 2, n_embd: int = 32, n_head: int = 2):
     """A tiny GPT with GPT-2's vocabulary (random weights) saved as a jaxgpt model directory."""
-    from jaxgpt import checkpoint
-    from jaxgpt.model import init_params
-    from jaxgpt.tokenizer import GPT2Tokenizer
+    from jaxgpt.store import checkpoint
+    from jaxgpt.model.gpt import init_params
+    from jaxgpt.tokenizer.kinds import GPT2Tokenizer
 
     cfg = ModelConfig(vocab_size=50257, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
     checkpoint.save_model(path, Config(model=cfg, data=DataConfig(tokenizer="gpt2")),

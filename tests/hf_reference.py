@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from jaxgpt.convert import name_table
-from jaxgpt.model import GPT
+from jaxgpt.store.convert import name_table
+from jaxgpt.model.gpt import GPT
 
 TINY = dict(vocab_size=96, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 GPT2_SMALL = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)

@@ -190,7 +190,7 @@ def test_bad_input(case: Case, base, tmp_path, capfd):
 def test_the_table_covers_every_command():
     from test_bad_inputs_tools import CASES as TOOL_CASES
 
-    from jaxgpt.cli import RECIPES, build_parser
+    from jaxgpt.cli.main import RECIPES, build_parser
 
     commands = {c.id.split("-")[0] if c.id.split("-")[0] != "finetune" else "-".join(c.id.split("-")[:2])
                 for c in CASES + TOOL_CASES}
@@ -203,7 +203,7 @@ def test_the_table_covers_every_command():
 
 def test_a_symlink_loop_beside_text_is_read_once(tmp_path):
     """The loop itself is not an error: the folder's text is read once and the loop is never entered."""
-    from jaxgpt.data import load_documents
+    from jaxgpt.data.text import load_documents
 
     folder = _symlink_loop(Env(tmp_path, None))
     write_corpus(folder / "sub" / "a.txt", n_lines=5)

@@ -41,7 +41,7 @@ def _parquet(e):
 
 def _prepared_then(e, argv, *first):
     """Prepare once (this writes into tmp/out), then return `argv`: the case is the second command."""
-    from jaxgpt.cli import main
+    from jaxgpt.cli.main import main
 
     for name in ("a.txt", "b.txt", "c.txt"):
         e.file(f"src/{name}", e.base.corpus.read_text())
@@ -50,7 +50,7 @@ def _prepared_then(e, argv, *first):
 
 
 def _two_tokenizers(e):
-    from jaxgpt.cli import main
+    from jaxgpt.cli.main import main
 
     for name in ("a.txt", "b.txt"):
         e.file(f"src/{name}", e.base.corpus.read_text())

@@ -37,10 +37,10 @@ def test_parity_benchmark_runs_on_a_tiny_model():
 def test_finetune_benchmark_runs_quickly_from_a_tiny_base(tmp_path):
     import jax
 
-    from jaxgpt import checkpoint
+    from jaxgpt.store import checkpoint
     from jaxgpt.config import Config, DataConfig, ModelConfig
-    from jaxgpt.model import init_params
-    from jaxgpt.tokenizer import GPT2Tokenizer
+    from jaxgpt.model.gpt import init_params
+    from jaxgpt.tokenizer.kinds import GPT2Tokenizer
 
     cfg = ModelConfig(vocab_size=50257, block_size=128, n_layer=1, n_head=2, n_embd=32)
     checkpoint.save_model(tmp_path / "base", Config(model=cfg, data=DataConfig(tokenizer="gpt2")),

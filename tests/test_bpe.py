@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxgpt.bpe import BPETokenizer, bytes_per_token, load_bpe, train_bpe
-from jaxgpt.cli import main
-from jaxgpt.tokenizer import GPT2Tokenizer, get_tokenizer, tokenizer_from_meta
+from jaxgpt.tokenizer.bpe import BPETokenizer, bytes_per_token, load_bpe, train_bpe
+from jaxgpt.cli.main import main
+from jaxgpt.tokenizer.kinds import GPT2Tokenizer, get_tokenizer, tokenizer_from_meta
 
 HANZI = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经"
 
@@ -57,8 +57,8 @@ def test_training_with_the_bpe_carries_it_in_the_run_and_its_export(bpe_dir, tmp
 
     from transformers import PreTrainedTokenizerFast
 
-    from jaxgpt.loader import load
-    from jaxgpt.trainer import train
+    from jaxgpt.store.loader import load
+    from jaxgpt.train.pretrain import train
 
     (tmp_path / "corpus.txt").write_text("\n".join(_english(60, 2) + _chinese(60, 2)))
     local = tmp_path / "tok"

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt.checkpoint import Checkpointer
+from jaxgpt.store.checkpoint import Checkpointer
 from jaxgpt.errors import UserError
 
 
@@ -67,7 +67,7 @@ def test_a_failed_restore_leaves_stderr_at_the_one_line(tmp_path):
         m.unlink()
     script = (
         "import sys, jax, jax.numpy as jnp\n"
-        "from jaxgpt.checkpoint import Checkpointer\n"
+        "from jaxgpt.store.checkpoint import Checkpointer\n"
         "from jaxgpt.errors import UserError\n"
         "abstract = jax.eval_shape(lambda: {'step': jnp.int32(0),\n"
         "                                   'params': {f'w{i}': jnp.zeros((64, 64)) for i in range(40)}})\n"
@@ -90,7 +90,7 @@ def test_the_abandoned_reads_filter_drops_only_tensorstore_reports():
     dropped; any other future's report still gets through (a subprocess: the filter stays for the rest of the process)."""
     script = (
         "import asyncio, gc\n"
-        "from jaxgpt import checkpoint\n"
+        "from jaxgpt.store import checkpoint\n"
         "checkpoint._silence_abandoned_reads()\n"
         "loop = asyncio.new_event_loop()\n"
         "for text in ['NOT_FOUND: Error opening zarr driver [tensorstore_spec=...]', 'a user bug']:\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxgpt.cli import main, main_train
+from jaxgpt.cli.main import main, main_train
 
 
 def _snapshot(folder):

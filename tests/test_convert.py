@@ -9,12 +9,12 @@ from hf_reference import GPT2_SMALL, TINY, flax_leaf, hf_logits, hf_named_grads,
 from safetensors.numpy import load_file
 from transformers import GPT2LMHeadModel
 
-from jaxgpt import convert
-from jaxgpt.cli import main
-from jaxgpt.model import GPT
-from jaxgpt.sampling import generate
-from jaxgpt.loader import load_pretrained, read_tokenizer_meta
-from jaxgpt.loss import mean_loss
+from jaxgpt.store import convert
+from jaxgpt.cli.main import main
+from jaxgpt.model.gpt import GPT
+from jaxgpt.model.sampling import generate
+from jaxgpt.store.loader import load_pretrained, read_tokenizer_meta
+from jaxgpt.model.objectives import mean_loss
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_logits_loss_and_gradients_match_transformers(which, request):
 @pytest.mark.parametrize("preset", ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])
 def test_the_name_table_covers_every_parameter_of_all_four_sizes(preset):
     from jaxgpt.config import ModelConfig
-    from jaxgpt.model import init_params
+    from jaxgpt.model.gpt import init_params
 
     cfg = ModelConfig.preset(preset)
     abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
@@ -138,8 +138,8 @@ def test_pytorch_bin_and_sharded_safetensors_read_the_same_weights(tiny_hf, tmp_
 
 
 def test_export_of_a_trained_run_reproduces_its_logits(tiny_config, tmp_path):
-    from jaxgpt.loader import load
-    from jaxgpt.trainer import train
+    from jaxgpt.store.loader import load
+    from jaxgpt.train.pretrain import train
 
     train(tiny_config)
     run = tiny_config.train.out_dir

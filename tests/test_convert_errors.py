@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hf_reference import TINY, random_hf_model
 
-from jaxgpt.convert import read_safetensors, write_safetensors
-from jaxgpt.cli import main
+from jaxgpt.store.convert import read_safetensors, write_safetensors
+from jaxgpt.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_pytorch_bin_is_only_read_safely(hf_dir, tmp_path, capsys):
 
     # Without PyTorch installed, the message says what to install.
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from jaxgpt.cli import main\n"
+            "from jaxgpt.cli.main import main\n"
             f"sys.exit(main(['convert', {str(src)!r}, {str(tmp_path / 'out')!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2 and "pip install torch" in proc.stderr, proc.stderr

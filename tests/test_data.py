@@ -1,4 +1,4 @@
-"""Tests for jaxgpt.data: Shakespeare cleaning, corpus loading, the token cache, batches and windows."""
+"""Tests for jaxgpt.data.text: Shakespeare cleaning, corpus loading, the token cache, batches and windows."""
 
 import json
 import re
@@ -6,7 +6,10 @@ import re
 import numpy as np
 import pytest
 
-from jaxgpt import data, shakespeare
+from jaxgpt.data import text as data
+from jaxgpt.data import cache
+from jaxgpt.data import windows
+from jaxgpt.data import shakespeare
 from jaxgpt.errors import UserError
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
@@ -77,7 +80,7 @@ def test_load_corpus_folder_without_txt(tmp_path):
 def test_prepare_writes_then_reuses(tmp_path, monkeypatch):
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT)
-    p = data.prepare(str(corpus), "char", str(tmp_path / "cache"), val_fraction=0.25)
+    p = cache.prepare(str(corpus), "char", str(tmp_path / "cache"), val_fraction=0.25)
     assert p.dtype == "uint16" and p.train.dtype == np.uint16
     assert p.train_tokens + p.val_tokens == len(TEXT) and abs(p.val_tokens - 0.25 * len(TEXT)) < 80
     tok = p.tokenizer()
@@ -88,22 +91,22 @@ def test_prepare_writes_then_reuses(tmp_path, monkeypatch):
     assert p.folder.parent == tmp_path / "cache" and not list(p.folder.glob(".*tmp"))
 
     mtimes = {f.name: f.stat().st_mtime_ns for f in p.folder.iterdir()}
-    monkeypatch.setattr(data, "get_tokenizer", lambda *a: pytest.fail("re-tokenized a cached corpus"))
-    again = data.prepare(str(corpus), "char", str(tmp_path / "cache"), val_fraction=0.25)
+    monkeypatch.setattr(cache, "get_tokenizer", lambda *a: pytest.fail("re-tokenized a cached corpus"))
+    again = cache.prepare(str(corpus), "char", str(tmp_path / "cache"), val_fraction=0.25)
     assert again == p
     assert {f.name: f.stat().st_mtime_ns for f in p.folder.iterdir()} == mtimes
-    assert data.load_prepared(p.folder) == p
+    assert cache.load_prepared(p.folder) == p
 
 
 def test_prepare_rebuilds_incomplete_folder_and_separates_settings(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT)
-    p = data.prepare(str(corpus), "char", str(tmp_path))
+    p = cache.prepare(str(corpus), "char", str(tmp_path))
     (p.folder / "meta.json").unlink()  # as if a run crashed before finishing
     with pytest.raises(UserError, match="no meta.json"):
-        data.load_prepared(p.folder)
-    assert data.prepare(str(corpus), "char", str(tmp_path)) == p
-    other = data.prepare(str(corpus), "char", str(tmp_path), val_fraction=0.5)
+        cache.load_prepared(p.folder)
+    assert cache.prepare(str(corpus), "char", str(tmp_path)) == p
+    other = cache.prepare(str(corpus), "char", str(tmp_path), val_fraction=0.5)
     assert other.folder != p.folder
 
 
@@ -117,65 +120,65 @@ def test_prepare_uses_uint32_for_big_vocabularies(tmp_path, monkeypatch):
         def meta(self):
             return {"kind": "big"}
 
-    monkeypatch.setattr(data, "get_tokenizer", lambda kind, text: Big())
+    monkeypatch.setattr(cache, "get_tokenizer", lambda kind, text: Big())
     (tmp_path / "c.txt").write_text("abcdefghij")
-    p = data.prepare(str(tmp_path / "c.txt"), "big", str(tmp_path))
+    p = cache.prepare(str(tmp_path / "c.txt"), "big", str(tmp_path))
     assert p.dtype == "uint32" and p.train.tolist() == [69_999] * 9
 
 
 @pytest.mark.parametrize("fraction", [0, 1, -0.1, 1.5])
 def test_prepare_rejects_bad_val_fraction(tmp_path, fraction):
     with pytest.raises(UserError, match="val_fraction"):
-        data.prepare("shakespeare", "char", str(tmp_path), val_fraction=fraction)
+        cache.prepare("shakespeare", "char", str(tmp_path), val_fraction=fraction)
 
 
 def test_get_batch_is_deterministic_and_shifted(tmp_path):
     path = tmp_path / "t.bin"
     np.arange(1000, dtype=np.uint16).tofile(path)
     tokens = np.memmap(path, dtype=np.uint16, mode="r")
-    x, y = data.get_batch(tokens, batch_size=8, block_size=16, seed=3, step=7)
+    x, y = windows.get_batch(tokens, batch_size=8, block_size=16, seed=3, step=7)
     assert x.shape == y.shape == (8, 16) and x.dtype == y.dtype == np.int32
     np.testing.assert_array_equal(y, x + 1)  # consecutive tokens: targets are inputs shifted by one
     np.testing.assert_array_equal(np.diff(x, axis=1), 1)
-    x2, y2 = data.get_batch(tokens, 8, 16, seed=3, step=7)
+    x2, y2 = windows.get_batch(tokens, 8, 16, seed=3, step=7)
     np.testing.assert_array_equal(x, x2)
-    assert not np.array_equal(x, data.get_batch(tokens, 8, 16, seed=3, step=8)[0])
-    assert not np.array_equal(x, data.get_batch(tokens, 8, 16, seed=4, step=7)[0])
-    edge, _ = data.get_batch(np.arange(17), 64, 16, seed=0, step=0)  # exactly block_size + 1 tokens
+    assert not np.array_equal(x, windows.get_batch(tokens, 8, 16, seed=3, step=8)[0])
+    assert not np.array_equal(x, windows.get_batch(tokens, 8, 16, seed=4, step=7)[0])
+    edge, _ = windows.get_batch(np.arange(17), 64, 16, seed=0, step=0)  # exactly block_size + 1 tokens
     assert (edge[:, 0] == 0).all()
 
 
 def test_get_batch_too_short():
     with pytest.raises(UserError, match=r"has 10 tokens but block_size 10 needs at least 11"):
-        data.get_batch(np.arange(10), batch_size=2, block_size=10, seed=0, step=0)
+        windows.get_batch(np.arange(10), batch_size=2, block_size=10, seed=0, step=0)
 
 
 def test_sliding_windows_matches_the_book():
-    inputs, targets = data.sliding_windows(list(range(10)), max_length=4, stride=2)
+    inputs, targets = windows.sliding_windows(list(range(10)), max_length=4, stride=2)
     np.testing.assert_array_equal(inputs, [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7]])
     np.testing.assert_array_equal(targets, [[1, 2, 3, 4], [3, 4, 5, 6], [5, 6, 7, 8]])
     ids = list(range(10))
     book = [ids[i:i + 3] for i in range(0, len(ids) - 3, 1)]
-    np.testing.assert_array_equal(data.sliding_windows(ids, 3, 1)[0], book)
+    np.testing.assert_array_equal(windows.sliding_windows(ids, 3, 1)[0], book)
     with pytest.raises(UserError, match="more than max_length=10"):
-        data.sliding_windows(ids, 10, 1)
+        windows.sliding_windows(ids, 10, 1)
     with pytest.raises(UserError, match="stride must be a positive integer"):
-        data.sliding_windows(ids, 4, 0)
+        windows.sliding_windows(ids, 4, 0)
 
 
 def test_iterate_batches():
-    inputs, targets = data.sliding_windows(np.arange(30), max_length=4, stride=4)  # 7 windows
-    batches = list(data.iterate_batches(inputs, targets, batch_size=3, shuffle=False, seed=0))
+    inputs, targets = windows.sliding_windows(np.arange(30), max_length=4, stride=4)  # 7 windows
+    batches = list(windows.iterate_batches(inputs, targets, batch_size=3, shuffle=False, seed=0))
     assert [len(x) for x, _ in batches] == [3, 3]
     np.testing.assert_array_equal(batches[0][0], inputs[:3])
-    ragged = list(data.iterate_batches(inputs, targets, 3, shuffle=True, seed=1, drop_last=False))
+    ragged = list(windows.iterate_batches(inputs, targets, 3, shuffle=True, seed=1, drop_last=False))
     assert [len(x) for x, _ in ragged] == [3, 3, 1]
     rows = np.concatenate([x for x, _ in ragged])
     assert sorted(map(tuple, rows)) == sorted(map(tuple, inputs)) and not np.array_equal(rows, inputs)
-    again = np.concatenate([x for x, _ in data.iterate_batches(inputs, targets, 3, True, 1, False)])
+    again = np.concatenate([x for x, _ in windows.iterate_batches(inputs, targets, 3, True, 1, False)])
     np.testing.assert_array_equal(rows, again)
     with pytest.raises(UserError, match="no batches"):
-        list(data.iterate_batches(inputs, targets, 8, shuffle=False, seed=0))
+        list(windows.iterate_batches(inputs, targets, 8, shuffle=False, seed=0))
 
 
 def test_split_documents_holds_out_the_end_of_each_document():
@@ -185,14 +188,14 @@ def test_split_documents_holds_out_the_end_of_each_document():
 
 
 def test_the_embedded_corpus_finds_its_cache_without_cleaning_the_plays(tmp_path, monkeypatch):
-    first = data.prepare("shakespeare", "char", str(tmp_path))
+    first = cache.prepare("shakespeare", "char", str(tmp_path))
 
     def no_cleaning(*_):
         raise AssertionError("the plays were cleaned again")
 
-    monkeypatch.setattr(data, "load_documents", no_cleaning)
-    again = data.prepare("shakespeare", "char", str(tmp_path))
+    monkeypatch.setattr(cache, "load_documents", no_cleaning)
+    again = cache.prepare("shakespeare", "char", str(tmp_path))
     assert again.folder == first.folder and again.train_tokens == first.train_tokens
     monkeypatch.undo()
     monkeypatch.setattr(shakespeare, "CLEANER_VERSION", shakespeare.CLEANER_VERSION + 1)  # a new cleaner: a new key
-    assert data.prepare("shakespeare", "char", str(tmp_path)).folder != first.folder
+    assert cache.prepare("shakespeare", "char", str(tmp_path)).folder != first.folder

@@ -12,14 +12,14 @@ import torch
 from conftest import save_bpe_model
 from hf_reference import TINY, flax_leaf, random_hf_model
 
-from jaxgpt import loss
-from jaxgpt.cli import main
+from jaxgpt.model import objectives
+from jaxgpt.cli.main import main
 from jaxgpt.config import Config, TrainConfig
-from jaxgpt.engine import Engine
+from jaxgpt.train.engine import Engine
 from jaxgpt.finetune import dpo
-from jaxgpt.loader import load, load_pretrained
-from jaxgpt.loss import IGNORE_INDEX
-from jaxgpt.model import GPT
+from jaxgpt.store.loader import load, load_pretrained
+from jaxgpt.model.losses import IGNORE_INDEX
+from jaxgpt.model.gpt import GPT
 
 BETA = 0.3
 
@@ -63,7 +63,7 @@ def test_dpo_loss_and_gradient_equal_pytorch(tmp_path):
     want, want_grads = _torch_dpo(model, x, y, ref)
 
     def mean(params):
-        total, sums = loss.preference(GPT(cfg), BETA)(params, {}, (x, y, ref, jnp.ones(3)), None)
+        total, sums = objectives.preference(GPT(cfg), BETA)(params, {}, (x, y, ref, jnp.ones(3)), None)
         return total / sums["count"]
 
     got, grads = jax.value_and_grad(mean)(params)
@@ -75,10 +75,10 @@ def test_dpo_loss_and_gradient_equal_pytorch(tmp_path):
 def test_overfitting_a_few_pairs_reaches_full_reward_accuracy(tiny_model):
     model = GPT(tiny_model)
     train = TrainConfig(batch_size=4, learning_rate=1e-2, lr_schedule="constant", warmup_steps=0)
-    engine = Engine(Config(model=tiny_model, train=train), model, loss.preference(model, beta=0.5))
+    engine = Engine(Config(model=tiny_model, train=train), model, objectives.preference(model, beta=0.5))
     state, frozen = engine.start()
     x, y, _ = _pairs(tiny_model.vocab_size, B=4, T=12, seed=1)
-    ref = np.asarray(loss.sequence_logprobs(model, None, state.params, {}, x.reshape(8, 12), y.reshape(8, 12)))
+    ref = np.asarray(objectives.sequence_logprobs(model, None, state.params, {}, x.reshape(8, 12), y.reshape(8, 12)))
     batch = engine.put((x[None], y[None], ref.reshape(1, 4, 2), np.ones((1, 4), np.float32)))
     accuracies = []
     for _ in range(30):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hf_reference import random_hf_model
 
-from jaxgpt.cli import main
-from jaxgpt.evaluation import windows
-from jaxgpt.tokenizer import GPT2Tokenizer
+from jaxgpt.cli.main import main
+from jaxgpt.eval.corpus import windows
+from jaxgpt.tokenizer.kinds import GPT2Tokenizer
 
 VOCAB = dict(vocab_size=50257, n_embd=32, n_layer=2, n_head=4)
 WORDS = "the man is sitting on a roof and then he starts pulling up roofing while a dog barks at the cat".split()
@@ -92,7 +92,7 @@ def test_hellaswag_results_do_not_depend_on_the_batch_size(hf_model, tmp_path):
 
 @pytest.mark.parametrize("stride", [None, 12])
 def test_eval_loss_on_a_prepared_dataset_equals_transformers_over_the_same_windows(hf_model, tmp_path, stride):
-    from jaxgpt.shards import prepare_shards
+    from jaxgpt.data.shards import prepare_shards
 
     model, path = hf_model
     rng = random.Random(2)
@@ -120,7 +120,7 @@ def test_eval_loss_on_a_prepared_dataset_equals_transformers_over_the_same_windo
 def test_hellaswag_during_training(tmp_path, tiny_config):
     import dataclasses
 
-    from jaxgpt.trainer import train
+    from jaxgpt.train.pretrain import train
 
     hellaswag_file(tmp_path / "hs.jsonl", n=5)
     cfg = dataclasses.replace(

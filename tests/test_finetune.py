@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from conftest import save_bpe_model
 
-from jaxgpt import checkpoint, loss
-from jaxgpt.cli import main
+from jaxgpt.store import checkpoint
+from jaxgpt.model import objectives
+from jaxgpt.cli.main import main
 from jaxgpt.config import Config, ModelConfig, TrainConfig
-from jaxgpt.engine import Engine
+from jaxgpt.train.engine import Engine
 from jaxgpt.errors import UserError
 from jaxgpt.finetune import classify, common, instruct
-from jaxgpt.loader import load_pretrained
-from jaxgpt.model import GPTClassifier, init_params
+from jaxgpt.store.loader import load_pretrained
+from jaxgpt.model.gpt import GPTClassifier, init_params
 
 EOT = 50256
 
@@ -124,7 +125,7 @@ def test_only_the_chosen_parts_train_and_reach_the_optimizer(bpe_base, trainable
     model_cfg, gpt = load_pretrained(bpe_base)
     model = GPTClassifier(model_cfg, 2)
     run = Config(model=model_cfg, train=TrainConfig(batch_size=8, warmup_steps=0, lr_schedule="constant"))
-    engine = Engine(run, model, loss.classifier(model, common.parts(cfg).lora), common.parts(cfg))
+    engine = Engine(run, model, objectives.classifier(model, common.parts(cfg).lora), common.parts(cfg))
     state, frozen = engine.start({"gpt": gpt})
     sizes = sum(x.size for x in jax.tree.leaves(state.params))
     # Adam's two moments per trainable number, and nothing of the frozen weights.
@@ -188,8 +189,8 @@ def test_finetune_instruct_end_to_end(bpe_base, tmp_path, capsys):
 
 def test_embedded_classification_task_with_a_character_model(tmp_path):
     """The default task (comedy vs tragedy) from a character-level model, as after `python train.py`."""
-    from jaxgpt.shakespeare import shakespeare_text
-    from jaxgpt.tokenizer import CharTokenizer
+    from jaxgpt.data.shakespeare import shakespeare_text
+    from jaxgpt.tokenizer.kinds import CharTokenizer
 
     tok = CharTokenizer.from_text(shakespeare_text())
     cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import save_bpe_model, sigkill_at
 
-from jaxgpt import checkpoint, loss
+from jaxgpt.store import checkpoint
+from jaxgpt.model import losses as loss
 from jaxgpt.finetune import instruct
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from hf_reference import random_hf_model
 
-from jaxgpt import convert, loss
+from jaxgpt.model import objectives
 from jaxgpt.config import apply_overrides, load_config_file
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT
-from jaxgpt.loader import load_pretrained
-from jaxgpt.trainer import Trainer
+from jaxgpt.model.gpt import GPT
+from jaxgpt.store.loader import convert_model, load_pretrained
+from jaxgpt.train.pretrain import Trainer
 
 GPT2_VOCAB_TINY = dict(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 
@@ -23,7 +23,7 @@ def pretrained(tmp_path_factory):
     """A tiny GPT-2 with the real vocabulary, as a Hugging Face directory and converted to jaxgpt."""
     root = tmp_path_factory.mktemp("pretrained")
     random_hf_model(seed=5, weight_std=0.1, **GPT2_VOCAB_TINY).save_pretrained(root / "hf")
-    convert.convert(root / "hf", root / "jax")
+    convert_model(root / "hf", root / "jax")
     return root
 
 
@@ -51,7 +51,7 @@ def test_training_starts_from_the_pretrained_weights(pretrained, tiny_config, tm
     (windows,) = trainer.task.batch(0)
     x = np.asarray(windows[:, :, :]).reshape(-1, 33)  # (B, T + 1)
     cross = dataclasses.replace(cfg, block_size=32)
-    total, sums = loss.language_model(GPT(cross))(params, {}, (x[:, :-1], x[:, 1:]), None)
+    total, sums = objectives.language_model(GPT(cross))(params, {}, (x[:, :-1], x[:, 1:]), None)
     expected = total / sums["count"]
     assert abs(first["loss"] - float(expected)) < 1e-5
     saved = json.loads((tmp_path / "ft" / "config.json").read_text())

@@ -9,9 +9,9 @@ import optax
 import pytest
 from conftest import TINY_MODEL
 
-from jaxgpt import lora
+from jaxgpt.model import lora
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, KVCache, count_params, init_params
+from jaxgpt.model.gpt import GPT, KVCache, count_params, init_params
 
 CFG = lora.LoraConfig(rank=4, alpha=8.0)
 MODEL = GPT(TINY_MODEL)

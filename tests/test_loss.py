@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import loss
-from jaxgpt.loss import IGNORE_INDEX, cross_entropy
-from jaxgpt.model import GPT, init_params
+from jaxgpt.model import losses as loss
+from jaxgpt.model import objectives
+from jaxgpt.model.losses import IGNORE_INDEX, cross_entropy
+from jaxgpt.model.gpt import GPT, init_params
 
 
 def test_cross_entropy_ignores_padding():
@@ -29,7 +30,7 @@ def _plain_loss(params, model, x, y):
 
 
 def _fused_loss(params, model, x, y):
-    total, sums = loss.language_model(model)(params, {}, (x, y), None)
+    total, sums = objectives.language_model(model)(params, {}, (x, y), None)
     return total / jnp.maximum(sums["count"], 1)
 
 
@@ -113,7 +114,7 @@ def test_preference_objective_at_the_reference_is_ln2(tiny_model):
     model, params = GPT(tiny_model), init_params(tiny_model, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(3), (4, 2, 12), 0, tiny_model.vocab_size)
     targets = jnp.roll(tokens, -1, axis=-1).at[:, :, :5].set(IGNORE_INDEX)  # the prompt is not scored
-    ref = loss.sequence_logprobs(model, None, params, {}, tokens.reshape(8, 12), targets.reshape(8, 12)).reshape(4, 2)
-    total, sums = loss.preference(model, beta=0.5)(params, {}, (tokens, targets, ref, jnp.ones(4)), None)
+    ref = objectives.sequence_logprobs(model, None, params, {}, tokens.reshape(8, 12), targets.reshape(8, 12)).reshape(4, 2)
+    total, sums = objectives.preference(model, beta=0.5)(params, {}, (tokens, targets, ref, jnp.ones(4)), None)
     assert float(total / sums["count"]) == np.float32(math.log(2))
     assert float(sums["reward_margin"]) == 0.0 and float(sums["reward_accuracy"]) == 0.0

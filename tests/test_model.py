@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt.attention import causal_attention
+from jaxgpt.model.attention import causal_attention
 from jaxgpt.config import ModelConfig
-from jaxgpt.model import GPT, KVCache, count_params, init_params
+from jaxgpt.model.gpt import GPT, KVCache, count_params, init_params
 
 
 @pytest.mark.parametrize("name,expected", [

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt.attention import attention_implementation, cudnn_compiles
+from jaxgpt.model.attention import attention_implementation, cudnn_compiles
 from jaxgpt.config import Config, validate
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, init_params, resolve
+from jaxgpt.model.gpt import GPT, init_params, resolve
 
 SHAPE = (2, 128, 12, 64)  # (B, T, H, D)
 
@@ -36,7 +36,7 @@ def test_auto_attention_takes_cudnn_only_where_it_can(backend, dtype, shape, pro
 
 
 def test_recomputed_attention_equals_the_kept_weights_one():
-    from jaxgpt.attention import causal_attention, recomputed_attention
+    from jaxgpt.model.attention import causal_attention, recomputed_attention
 
     q, k, v = (jax.random.normal(jax.random.key(i), (2, 3, 16, 8)) for i in range(3))
     dy = jax.random.normal(jax.random.key(3), (2, 3, 16, 8))
@@ -115,8 +115,8 @@ def test_unknown_option_values_are_refused(key, value):
 def test_float16_compute_runs_on_a_cpu_close_to_float32(tiny_model, tmp_path):
     """jax.nn.dot_product_attention refused float16 on a CPU (no F16_F16_F32 dot), so float16 was refused there;
     jaxgpt's own attention runs it: logits and gradients close to float32's, and the loader reads such a model."""
-    from jaxgpt import checkpoint
-    from jaxgpt.loader import load
+    from jaxgpt.store import checkpoint
+    from jaxgpt.store.loader import load
 
     f16 = dataclasses.replace(tiny_model, dtype="float16")
     params = init_params(tiny_model, jax.random.key(0))

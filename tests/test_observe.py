@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxgpt.cli import main, main_train
-from jaxgpt.trainer import train
+from jaxgpt.cli.main import main, main_train
+from jaxgpt.train.pretrain import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ def test_the_compilation_cache_is_used_on_the_second_run(tiny_config, tmp_path):
 def test_help_lists_every_setting_with_its_description(capsys):
     from jaxgpt.config import Config
     from jaxgpt.finetune.dpo import DPOConfig
-    from jaxgpt.settings_help import describe
+    from jaxgpt.cli.help import describe
 
     with pytest.raises(SystemExit):
         main_train(["--help"])
@@ -86,13 +86,13 @@ def test_help_lists_every_setting_with_its_description(capsys):
 def test_info_on_this_machine_and_the_warning_for_an_unseen_gpu(capsys, monkeypatch):
     import jax
 
-    from jaxgpt import info
+    from jaxgpt import runtime
 
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"backend: {jax.default_backend()}" in out and "jax 0.10" in out and "peak FLOP/s for MFU" in out
     if jax.default_backend() == "cpu":
-        monkeypatch.setattr(info, "nvidia_present", lambda: True)  # as on a GPU machine with jax's CPU build
+        monkeypatch.setattr(runtime, "nvidia_present", lambda: True)  # as on a GPU machine with jax's CPU build
         assert main(["info"]) == 0
         out = capsys.readouterr().out
         assert "has an NVIDIA GPU but JAX runs on the CPU" in out and 'pip install -e ".[cuda]"' in out

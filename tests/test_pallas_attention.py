@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxgpt.attention import (_pallas_blocks, attention_implementation, causal_attention, pallas_attention,
-                              pallas_supports)
+from jaxgpt.model.attention import _pallas_blocks, attention_implementation, causal_attention, pallas_attention, pallas_supports
 from jaxgpt.config import ModelConfig
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, init_params, resolve
+from jaxgpt.model.gpt import GPT, init_params, resolve
 
 PALLAS_MODEL = ModelConfig(vocab_size=64, block_size=128, n_layer=1, n_head=2, n_embd=32)
 
@@ -127,7 +126,7 @@ def _sharded_check() -> None:
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from jaxgpt.config import MeshConfig
-    from jaxgpt.sharding import activation_rules, make_mesh
+    from jaxgpt.train.sharding import activation_rules, make_mesh
 
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     rules = activation_rules(mesh, MeshConfig().rules)

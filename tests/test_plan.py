@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jaxgpt import cli
+from jaxgpt.cli import main as cli
 from jaxgpt.plan import hlo, targets
 from jaxgpt.plan.step import Job, compile_step, largest_micro_batch, sizes
 from jaxgpt.config import Config, DataConfig, ModelConfig, TrainConfig

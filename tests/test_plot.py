@@ -1,4 +1,4 @@
-"""Tests for jaxgpt.plot: a valid RGB PNG, drawn lines, odd series and compact tick labels."""
+"""Tests for jaxgpt.report.plot: a valid RGB PNG, drawn lines, odd series and compact tick labels."""
 
 import struct
 import zlib
@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 import pytest
 
-from jaxgpt import plot
+from jaxgpt.report import plot
 
 
 def read_png(path):

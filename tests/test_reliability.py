@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import pytest
 from conftest import last_logged_step, sigkill_at
 
-from jaxgpt import checkpoint, loss, steps
+from jaxgpt.store import checkpoint
+from jaxgpt.model import objectives
+from jaxgpt.train import steps
 from jaxgpt.errors import UserError
-from jaxgpt.trainer import train
+from jaxgpt.train.pretrain import train
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARED = ("loss", "grad_norm", "train_loss", "val_loss")
@@ -75,14 +77,14 @@ def test_a_non_finite_update_is_not_applied_and_is_counted(tiny_config):
 
     import jax
 
-    from jaxgpt.model import GPT, init_params
-    from jaxgpt.optim import make_optimizer
+    from jaxgpt.model.gpt import GPT, init_params
+    from jaxgpt.train.optim import make_optimizer
 
     tx = make_optimizer(tiny_config.train)
     params = init_params(tiny_config.model, jax.random.key(0))
     params["ln_f"]["scale"] = params["ln_f"]["scale"].at[0].set(jnp.nan)
     state = steps.TrainState.create(params, tx)
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=loss.language_model(GPT(tiny_config.model)), tx=tx))
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=objectives.language_model(GPT(tiny_config.model)), tx=tx))
     x = jnp.ones((1, 2, 8), jnp.int32)
     new, m = step(state, (x, x), {})
     assert int(new.step) == 1 and int(new.skipped) == 1 and int(new.first_skipped) == 1
@@ -94,7 +96,7 @@ def test_a_non_finite_update_is_not_applied_and_is_counted(tiny_config):
 def _nan_on_some_batches(monkeypatch):
     """Make the training loss NaN on about one batch in five (decided by the batch's tokens, so the same
     steps every time); evaluation, which runs without a dropout key, is left alone."""
-    original = loss.language_model
+    original = objectives.language_model
 
     def language_model(model, lora=None):
         inner = original(model, lora)
@@ -105,7 +107,7 @@ def _nan_on_some_batches(monkeypatch):
             return (total, sums) if rng is None else (total + bad, {**sums, "loss": sums["loss"] + bad})
         return loss_fn
 
-    monkeypatch.setattr(loss, "language_model", language_model)
+    monkeypatch.setattr(objectives, "language_model", language_model)
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, monkeypatch):

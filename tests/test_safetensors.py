@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import safetensors.numpy as reference
 
-from jaxgpt.convert import read_safetensors, write_safetensors
+from jaxgpt.store.convert import read_safetensors, write_safetensors
 from jaxgpt.errors import UserError
 
 

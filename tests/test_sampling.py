@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, init_params
-from jaxgpt.sampling import generate, sample_logits
+from jaxgpt.model.gpt import GPT, init_params
+from jaxgpt.model.sampling import generate, sample_logits
 
 
 def _greedy_by_recomputation(model, params, ids, n):

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxgpt import checkpoint, loss
+from jaxgpt.store import checkpoint
+from jaxgpt.model import objectives
 from jaxgpt.config import MeshConfig
 from jaxgpt.errors import UserError
-from jaxgpt.loader import load, load_pretrained
-from jaxgpt.trainer import Trainer
+from jaxgpt.store.loader import load, load_pretrained
+from jaxgpt.train.pretrain import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 eight = pytest.mark.skipif(jax.device_count() != 8, reason="runs in the 8-device child process")
@@ -162,11 +163,11 @@ def test_gpt2_xl_state_is_split_eight_ways():
     """Laid out from shapes alone (nothing allocated): with FSDP over 8 devices, each holds about an
     eighth of gpt2-xl's weights and Adam moments, never the whole 1.5B-parameter state."""
     from jaxgpt.config import Config, ModelConfig
-    from jaxgpt.engine import Engine
-    from jaxgpt.model import GPT
+    from jaxgpt.train.engine import Engine
+    from jaxgpt.model.gpt import GPT
 
     xl = ModelConfig.preset("gpt2-xl")
-    engine = Engine(Config(model=xl, mesh=MeshConfig(data=1, fsdp=8)), GPT(xl), loss.language_model(GPT(xl)))
+    engine = Engine(Config(model=xl, mesh=MeshConfig(data=1, fsdp=8)), GPT(xl), objectives.language_model(GPT(xl)))
     abstract = engine.abstract_state
     total = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(abstract))
     per_device = sum(np.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(abstract))
@@ -212,16 +213,16 @@ def test_finetune_weights_and_lora_adapters_are_split_like_their_base(bpe_base):
     """A LoRA classifier on a data=1 x fsdp=4 x tensor=2 mesh: the frozen kernels are split, and each
     adapter follows its kernel (a: the kernel's input axis, b: its output axis)."""
     from jaxgpt.config import Config, TrainConfig
-    from jaxgpt.engine import Engine
+    from jaxgpt.train.engine import Engine
     from jaxgpt.finetune import classify, common
-    from jaxgpt.loader import load_pretrained
-    from jaxgpt.model import GPTClassifier
+    from jaxgpt.store.loader import load_pretrained
+    from jaxgpt.model.gpt import GPTClassifier
 
     model_cfg, gpt = load_pretrained(bpe_base / "model")
     ft = classify.ClassifyConfig(trainable="lora", lora_rank=4)
     model = GPTClassifier(model_cfg, 2)
     run = Config(model=model_cfg, train=TrainConfig(batch_size=8), mesh=MeshConfig(data=1, fsdp=4, tensor=2))
-    engine = Engine(run, model, loss.classifier(model, common.parts(ft).lora), common.parts(ft))
+    engine = Engine(run, model, objectives.classifier(model, common.parts(ft).lora), common.parts(ft))
     state, frozen = engine.start({"gpt": gpt})
     C = model_cfg.n_embd
     kernel = frozen["gpt"]["h_0"]["mlp"]["c_fc"]["kernel"]  # (C, 4C): embed -> fsdp, mlp -> tensor

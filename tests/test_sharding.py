@@ -8,10 +8,10 @@ import pytest
 from flax import traverse_util
 from jax.sharding import PartitionSpec as P
 
-from jaxgpt import sharding
+from jaxgpt.train import sharding
 from jaxgpt.config import MeshConfig, ModelConfig, parse_rules
 from jaxgpt.errors import UserError
-from jaxgpt.model import GPT, init_boxed
+from jaxgpt.model.gpt import GPT, init_boxed
 
 
 @pytest.mark.parametrize("mesh, n, shape", [

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from jaxgpt.shards import is_validation, prepare_shards
-from jaxgpt.tokenizer import GPT2Tokenizer, _gpt2_encoding
-from jaxgpt.tokens import load_shards, window_positions
+from jaxgpt.data.shards import is_validation, prepare_shards
+from jaxgpt.tokenizer.kinds import GPT2Tokenizer, _gpt2_encoding
+from jaxgpt.data.dataset import load_shards, window_positions
 
 ROOT = Path(__file__).resolve().parent.parent
 EOT = 50256
@@ -133,7 +133,7 @@ def _documents_of(tokens: np.ndarray) -> Counter:
 
 
 def test_two_parts_add_up_to_the_one_machine_dataset(corpus_dir, tmp_path):
-    from jaxgpt.cli import main
+    from jaxgpt.cli.main import main
 
     src, _ = corpus_dir
     _prepare(src / "src", tmp_path / "whole")
@@ -168,9 +168,9 @@ def test_windows_come_from_every_shard_in_proportion_and_never_cross_one():
 def test_training_on_a_prepared_folder_resumes_exactly(corpus_dir, tmp_path, tiny_config):
     import dataclasses
 
-    from jaxgpt.trainer import train
+    from jaxgpt.train.pretrain import train
 
-    from jaxgpt.shards import vocabulary_tokenizer
+    from jaxgpt.data.shards import vocabulary_tokenizer
 
     src, _ = corpus_dir
     chars = vocabulary_tokenizer("char", [str(src / "src")], workers=1)  # a small vocabulary: a quick model
@@ -189,7 +189,7 @@ def test_training_on_a_prepared_folder_resumes_exactly(corpus_dir, tmp_path, tin
 
 
 def test_skip_bad_counts_bad_lines_and_overwrite_replaces_only_this_dataset(tmp_path):
-    from jaxgpt.cli import main
+    from jaxgpt.cli.main import main
 
     src = tmp_path / "src"
     src.mkdir()
@@ -210,8 +210,8 @@ def test_a_full_disk_is_one_line_and_the_same_command_continues(corpus_dir, tmp_
     import builtins
     import errno
 
-    from jaxgpt import shards
-    from jaxgpt.cli import main
+    from jaxgpt import files
+    from jaxgpt.cli.main import main
 
     src, _ = corpus_dir
     argv = ["prepare", str(src / "src"), "--out", str(tmp_path / "ds"), "--workers", "1", "--shard-tokens", "2000",
@@ -225,7 +225,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_continues(corpus_dir, tmp_
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, mode, *args, **kw)
 
-    monkeypatch.setattr(shards, "open", filling_up, raising=False)
+    monkeypatch.setattr(files, "open", filling_up, raising=False)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the disk holding") and "is full" in err and "\n" not in err

@@ -9,17 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import loss
+from jaxgpt.model import losses as loss
+from jaxgpt.model import objectives
 from jaxgpt.config import TrainConfig
-from jaxgpt.model import GPT, init_params
-from jaxgpt.optim import decay_mask, lr_schedule, make_optimizer
-from jaxgpt.steps import TrainState, eval_step, train_step
+from jaxgpt.model.gpt import GPT, init_params
+from jaxgpt.train.optim import decay_mask, lr_schedule, make_optimizer
+from jaxgpt.train.steps import TrainState, eval_step, train_step
 
 
 def _setup(cfg, tc, accum_batch, unroll=1):
     tx = make_optimizer(tc)
     state = TrainState.create(init_params(cfg, jax.random.key(0)), tx)
-    step = jax.jit(functools.partial(train_step, loss_fn=loss.language_model(GPT(cfg)), tx=tx, seed=0,
+    step = jax.jit(functools.partial(train_step, loss_fn=objectives.language_model(GPT(cfg)), tx=tx, seed=0,
                                      dropout=cfg.dropout > 0, unroll=unroll), donate_argnums=0)
     x = jax.random.randint(jax.random.key(1), accum_batch, 0, cfg.vocab_size)
     y = jnp.roll(x, -1, axis=-1)
@@ -89,7 +90,7 @@ def test_eval_step_sums_match_a_manual_loss(tiny_model):
     x = jax.random.randint(jax.random.key(1), (2, 16), 0, tiny_model.vocab_size)
     logits = GPT(tiny_model).apply({"params": params}, x)
     manual = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), x[..., None], axis=-1))
-    sums = eval_step(params, (x, x), {}, loss_fn=loss.language_model(GPT(tiny_model)))
+    sums = eval_step(params, (x, x), {}, loss_fn=objectives.language_model(GPT(tiny_model)))
     assert int(sums["count"]) == 32
     np.testing.assert_allclose(sums["loss"] / sums["count"], manual, rtol=1e-5)
 
@@ -123,14 +124,14 @@ def test_a_non_finite_update_leaves_the_state_as_it_was(tiny_model):
 
 def test_frozen_weights_take_part_but_get_no_gradient(tiny_model):
     """The step trains only its state's params; what is passed as frozen is used by the loss and unchanged."""
-    from jaxgpt.trainable import partition
+    from jaxgpt.model.parts import partition
 
     tc = TrainConfig(learning_rate=1e-2, warmup_steps=0)
     params = init_params(tiny_model, jax.random.key(0))
     train_part, frozen = partition(params, lambda p: p[0] == "ln_f")
     tx = make_optimizer(tc)
     state = TrainState.create(train_part, tx)
-    step = jax.jit(functools.partial(train_step, loss_fn=loss.language_model(GPT(tiny_model)), tx=tx))
+    step = jax.jit(functools.partial(train_step, loss_fn=objectives.language_model(GPT(tiny_model)), tx=tx))
     x = jax.random.randint(jax.random.key(1), (1, 4, 16), 0, tiny_model.vocab_size)
     new, m = step(state, (x, jnp.roll(x, -1, axis=-1)), frozen)
     assert set(new.params) == {"ln_f"} and not np.array_equal(new.params["ln_f"]["scale"], train_part["ln_f"]["scale"])

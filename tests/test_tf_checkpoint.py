@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import tf_checkpoint
+from jaxgpt.store import openai
 from jaxgpt.errors import UserError
-from jaxgpt.tf_checkpoint import list_tf_checkpoint, read_tf_checkpoint
+from jaxgpt.store.openai import list_tf_checkpoint, read_tf_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MAGIC = struct.pack("<Q", 0xDB4775248B80FB57)
@@ -77,7 +77,7 @@ def _write_index(path: Path, items: list[tuple[bytes, bytes]], per_block: int = 
         body += struct.pack(f"<{len(restarts) + 1}I", *restarts, len(restarts))
         trailer = bytes([compression])
         handle = _varint(len(out)) + _varint(len(body))
-        out.extend(body + trailer + struct.pack("<I", tf_checkpoint._masked_crc32c(body + trailer)))
+        out.extend(body + trailer + struct.pack("<I", openai._masked_crc32c(body + trailer)))
         return handle
 
     chunks = [items[i:i + per_block] for i in range(0, len(items), per_block)]
@@ -209,7 +209,7 @@ class _MatchesAnyCrc:
 
 def test_random_corruption_without_checksums_raises_only_user_error(tmp_path, monkeypatch):
     # With the CRC check disabled, corrupt bytes reach the SSTable and protobuf decoders themselves.
-    monkeypatch.setattr(tf_checkpoint, "_masked_crc32c", lambda data: _MatchesAnyCrc())
+    monkeypatch.setattr(openai, "_masked_crc32c", lambda data: _MatchesAnyCrc())
     prefix = _copy("tf_dtypes", tmp_path)
     index = Path(f"{prefix}.index")
     original = index.read_bytes()

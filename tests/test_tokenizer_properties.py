@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) for jaxgpt.tokenizer over arbitrary Unicode text.
+"""Property tests (hypothesis) for jaxgpt.tokenizer.kinds over arbitrary Unicode text.
 
 GPT-2: decode(encode(s)) == s, and the ids equal tiktoken's own `get_encoding("gpt2")` (loaded offline,
 as in test_tokenizer.py) under the same special-token policy: "<|endoftext|>" in text is the single id 50256.
@@ -16,15 +16,10 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxgpt import tokenizer as mod
+from jaxgpt.tokenizer import kinds as mod
 from jaxgpt.errors import UserError
-from jaxgpt.tokenizer import (
-    ENDOFTEXT,
-    UNK,
-    CharTokenizer,
-    GPT2Tokenizer,
-    SimpleTokenizer,
-)
+from jaxgpt.tokenizer.base import ENDOFTEXT, UNK
+from jaxgpt.tokenizer.kinds import CharTokenizer, GPT2Tokenizer, SimpleTokenizer
 
 # Deterministic, no example database on disk, and quick (the whole file runs in a few seconds).
 PROPERTY = settings(max_examples=200, deadline=None, derandomize=True, database=None)

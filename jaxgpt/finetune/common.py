@@ -4,32 +4,32 @@ pretrained base, epochs as engine steps, and the run on the training engine.
 A finetune is a `Finetune` task (engine.py) over a list of examples: steps are batches of a fresh shuffle
 per epoch, so step `i`'s batch depends only on the seed and `i`, and a killed finetune resumes exactly. Its
 output folder is an engine run directory (config.json, task.json, checkpoints/, frozen/, metrics.jsonl,
-plots) that also receives the task's results at the end and is read back by `jaxgpt.loader.load`.
+plots) that also receives the task's results at the end and is read back by `jaxgpt.store.loader.load`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 import shutil
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from jaxgpt import distributed, info, model as model_lib, observe
+from jaxgpt import runtime
+from jaxgpt.model import gpt
 from jaxgpt.config import Config, DataConfig, DistConfig, MeshConfig, TrainConfig, validate
-from jaxgpt.engine import Engine, Task
-from jaxgpt.run_files import read_task
+from jaxgpt.train.engine import Engine, Task
+from jaxgpt.store.rundir import read_task
 from jaxgpt.errors import UserError
-from jaxgpt.files import OUTPUT_MARKER
-from jaxgpt.lora import LoraConfig
-from jaxgpt.observe import Board
-from jaxgpt.trainable import Parts
+from jaxgpt.files import OUTPUT_MARKER, write_json
+from jaxgpt.model.lora import LoraConfig
+from jaxgpt.model.parts import Parts
+from jaxgpt.store.loader import fit_context, load_pretrained
+from jaxgpt.store.loader import read_config, read_tokenizer_meta
+from jaxgpt.tokenizer.kinds import tokenizer_from_meta
 
 RESULTS_FILE = "results.json"  # written last: a folder with it holds a finished finetune
 TRAINABLE = ("head", "last_blocks", "all", "lora")
@@ -37,7 +37,7 @@ TRAINABLE = ("head", "last_blocks", "all", "lora")
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    init_from: str = "out/shakespeare_char"  # any model jaxgpt.loader.load reads: a run, a converted model, HF, OpenAI
+    init_from: str = "out/shakespeare_char"  # any model jaxgpt.store.loader.load reads: a run, a converted model, HF, OpenAI
     data: str = ""  # the user's data file; "" means the embedded default task
     out_dir: str = ""  # where the finetuned model and its reports go ("" = out/<recipe>)
     overwrite: bool = False  # start over in out_dir even if it holds a finished finetune
@@ -78,40 +78,6 @@ RESUMABLE = frozenset({"epochs", "out_dir", "overwrite", "log_interval", "eval_i
                        "profile_steps", "compile_cache"})
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """One `--field-name` option per dataclass field, typed from its annotation, defaulting to None; nested
-    dataclasses (mesh, dist) become `--mesh.fsdp` and so on."""
-    from jaxgpt.settings_help import field_comments
-
-    hints, comments = typing.get_type_hints(cls), field_comments(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            add_arguments(parser, tp, f"{prefix}{f.name}.")
-            continue
-        flag = "--" + prefix + (f.name.replace("_", "-") if not prefix else f.name)
-        dest = (prefix + f.name).replace(".", "__")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        text = comments.get(f.name, "").replace("%", "%%")
-        if tp is bool:
-            parser.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction,
-                                help=f"{text} (default {'yes' if default else 'no'})")
-        else:
-            parser.add_argument(flag, dest=dest, type=tp, default=None, metavar=tp.__name__.upper(),
-                                help=f"{text} (default {default!r})")
-
-
-def from_arguments(cls: type, args, prefix: str = "", **defaults):
-    """The dataclass with every option the user gave; `defaults` replace the class defaults."""
-    hints, given = typing.get_type_hints(cls), {}
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            given[f.name] = from_arguments(hints[f.name], args, f"{prefix}{f.name}__")
-        elif getattr(args, prefix + f.name, None) is not None:
-            given[f.name] = getattr(args, prefix + f.name)
-    return cls(**{**defaults, **given})
-
-
 def check(cfg: FinetuneConfig, allowed: tuple[str, ...]) -> None:
     """Refuse impossible settings in one line, before anything is read or written; then join the other
     processes of a multi-process run (before anything touches a device)."""
@@ -139,10 +105,7 @@ def check(cfg: FinetuneConfig, allowed: tuple[str, ...]) -> None:
         if not 0 < getattr(cfg, key) < 0.5:
             raise UserError(f"--{key.replace('_', '-')} must be between 0 and 0.5")
     validate(Config(mesh=cfg.mesh, dist=cfg.dist, train=TrainConfig(profile_steps=cfg.profile_steps)))
-    Board.check(cfg.tensorboard)
-    distributed.initialize(cfg.dist)
-    observe.use_compile_cache(cfg.compile_cache)  # before anything compiles
-    info.print_warning()
+    runtime.start(cfg.dist, cfg.compile_cache, cfg.tensorboard)
 
 
 def out_dir(cfg: FinetuneConfig, default: str) -> Path:
@@ -166,16 +129,13 @@ def out_dir(cfg: FinetuneConfig, default: str) -> Path:
 
 def start_over(path: Path, cfg: FinetuneConfig) -> None:
     """With --overwrite, remove an earlier finetune in `path` (checked by `out_dir`) before training."""
-    if cfg.overwrite and path.exists() and distributed.is_primary():
+    if cfg.overwrite and path.exists() and runtime.is_primary():
         shutil.rmtree(path)
-    distributed.barrier("jaxgpt:start_over")
+    runtime.barrier("jaxgpt:start_over")
 
 
 def base_model(cfg: FinetuneConfig):
     """(the base GPT's config with our dropout, its tokenizer) of `--init-from`, without reading weights."""
-    from jaxgpt.loader import read_config, read_tokenizer_meta
-    from jaxgpt.tokenizer import tokenizer_from_meta
-
     model_cfg = read_config(cfg.init_from)
     meta = read_tokenizer_meta(cfg.init_from)
     if meta is None:
@@ -186,8 +146,6 @@ def base_model(cfg: FinetuneConfig):
 
 def base_params(cfg: FinetuneConfig, model_cfg) -> dict:
     """The base GPT's weights, cast to its parameter dtype, on the host."""
-    from jaxgpt.loader import fit_context, load_pretrained
-
     return fit_context(load_pretrained(cfg.init_from)[1], model_cfg.block_size, model_cfg.param_dtype)
 
 
@@ -270,7 +228,7 @@ def train(task: Finetune, cfg: FinetuneConfig, run_cfg: Config, model, loss_fn, 
 
 def resolved(model_cfg, cfg: FinetuneConfig):
     """The model config the model runs with on this backend (attention kernel chosen, dtype checked)."""
-    return model_lib.resolve(model_cfg, cfg.batch_size // cfg.grad_accum)
+    return gpt.resolve(model_cfg, cfg.batch_size // cfg.grad_accum)
 
 
 def evaluations(run_dir: Path) -> list[dict]:
@@ -281,14 +239,7 @@ def evaluations(run_dir: Path) -> list[dict]:
 
 def finish(engine: Engine, results: dict, message: str) -> None:
     """Write results.json (last: it marks the finetune finished) and say where everything is."""
-    if distributed.is_primary():
+    if runtime.is_primary():
         (engine.run_dir / OUTPUT_MARKER).write_text("written by jaxgpt; --overwrite may replace this folder\n")
         write_json(engine.run_dir / RESULTS_FILE, results)
     engine.progress.print(f"{message}; saved to {engine.run_dir}")
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON whole or not at all (a kill mid-write leaves the old file or none)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)

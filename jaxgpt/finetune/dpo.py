@@ -13,15 +13,19 @@ after them) are scored.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import jax
 import numpy as np
 
-from jaxgpt import distributed, loss
+from jaxgpt import runtime
+from jaxgpt.model import losses
+from jaxgpt.model import objectives
 from jaxgpt.errors import UserError
+from jaxgpt.files import write_atomic, write_json
 from jaxgpt.finetune import common, instruct, tasks
-from jaxgpt.model import GPT
+from jaxgpt.model.gpt import GPT
 
 TASK = "dpo"
 REFERENCE_FILE = "reference_logps.npy"
@@ -85,7 +89,7 @@ class DPO(common.Finetune):
             ref = self.ref[rows[idx]]
             if size is not None and size > len(idx):  # fill a short evaluation batch with weight-0 rows
                 pad = [(0, size - len(idx))] + [(0, 0)] * 2
-                x, y = np.pad(x, pad), np.pad(y, pad, constant_values=loss.IGNORE_INDEX)
+                x, y = np.pad(x, pad), np.pad(y, pad, constant_values=losses.IGNORE_INDEX)
                 ref, w = np.pad(ref, pad[:2]), np.pad(w, pad[:1])
             return x, y, ref, w
 
@@ -107,7 +111,7 @@ class DPO(common.Finetune):
             raise UserError(f"{path} is missing, so the run cannot resume with its reference model; start it "
                             "again in a new --out-dir")
         lora = engine.parts.lora
-        logps = jax.jit(lambda p, f, x, y: loss.sequence_logprobs(self.model, lora, p, f, x, y))
+        logps = jax.jit(lambda p, f, x, y: objectives.sequence_logprobs(self.model, lora, p, f, x, y))
         micro, n = engine.micro_batch, len(self.pairs)
         ref = np.zeros((n, 2), np.float32)
         for start in range(0, n, micro):
@@ -117,10 +121,10 @@ class DPO(common.Finetune):
             x, y = engine.put((x.reshape(2 * B, W), y.reshape(2 * B, W)), train=False)
             ref[rows] = np.asarray(logps(state.params, frozen, x, y)).reshape(B, 2)[:len(rows)]
         self.ref = ref
-        if distributed.is_primary():
-            tmp = path.with_name(f".{path.name}.tmp.npy")
-            np.save(tmp, ref)
-            tmp.replace(path)
+        if runtime.is_primary():
+            buf = io.BytesIO()
+            np.save(buf, ref)
+            write_atomic(path, buf.getbuffer())
 
     def finish(self, engine, state, frozen) -> dict:
         cfg = self.cfg
@@ -141,11 +145,11 @@ class DPO(common.Finetune):
             before = instruct.respond(model_cfg, common.base_params(cfg, model_cfg), self.tokenizer, prompts,
                                       cfg.max_new_tokens)
             results["exact_match"]["before"] = tasks.score(before, [p["chosen"] for p in test])
-        if distributed.is_primary():
-            common.write_json(engine.run_dir / instruct.RESPONSES_FILE,
+        if runtime.is_primary():
+            write_json(engine.run_dir / instruct.RESPONSES_FILE,
                               [{**p, "model_response": r} for p, r in zip(test, after)])
             if not cfg.data:
-                common.write_json(engine.run_dir / "preferences.json", self.pairs)
+                write_json(engine.run_dir / "preferences.json", self.pairs)
         em = results["exact_match"]
         before = f" (before DPO {em['before']['exact_match']:.3f})" if "before" in em else ""
         common.finish(engine, results, f"test: reward accuracy {results['test']['reward_accuracy']:.3f}, exact match "
@@ -184,5 +188,5 @@ def finetune(cfg: DPOConfig, devices=None) -> dict | None:
     print(f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test preference pairs; beta "
           f"{cfg.beta}")
     run_cfg = common.run_config(cfg, model_cfg, tokenizer.name, path, task.max_steps, task.steps_per_epoch)
-    return common.train(task, cfg, run_cfg, model, loss.preference(model, cfg.beta, common.parts(cfg).lora), path,
+    return common.train(task, cfg, run_cfg, model, objectives.preference(model, cfg.beta, common.parts(cfg).lora), path,
                         tokenizer.meta(), lambda: common.base_params(cfg, model_cfg), devices)

@@ -15,14 +15,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgpt import distributed, loss
-from jaxgpt.data import read_text
+from jaxgpt import runtime
+from jaxgpt.model import objectives
+from jaxgpt.files import read_text
 from jaxgpt.errors import UserError
+from jaxgpt.files import write_json
 from jaxgpt.finetune import common, tasks
-from jaxgpt.loss import IGNORE_INDEX
-from jaxgpt.model import GPT
-from jaxgpt.sampling import generate
-from jaxgpt.tokenizer import Tokenizer
+from jaxgpt.model.losses import IGNORE_INDEX
+from jaxgpt.model.gpt import GPT
+from jaxgpt.model.sampling import generate
+from jaxgpt.tokenizer.kinds import Tokenizer
 
 TASK = "instruct"
 PREAMBLE = ("Below is an instruction that describes a task. "
@@ -197,10 +199,10 @@ class Instruct(common.Finetune):
         results = {"test": score, "base_test": base, "examples": {k: len(v) for k, v in self.split.items()},
                    "truncated": self.truncated, "evaluations": common.evaluations(engine.run_dir)}
         answered = [{**e, "model_response": r} for e, r in zip(test, responses)]
-        if distributed.is_primary():
+        if runtime.is_primary():
             if not cfg.data:  # the generated set is an input too: keep it beside its responses
-                common.write_json(engine.run_dir / "instructions.json", self.entries)
-            common.write_json(engine.run_dir / RESPONSES_FILE, answered)
+                write_json(engine.run_dir / "instructions.json", self.entries)
+            write_json(engine.run_dir / RESPONSES_FILE, answered)
         before = f" (before finetuning {base['exact_match']:.3f})" if base else ""
         common.finish(engine, results, f"test: exact match {score['exact_match']:.3f}{before}, token F1 "
                       f"{score['token_f1']:.3f} on {score['n']} examples; responses in {RESPONSES_FILE}")
@@ -233,5 +235,5 @@ def finetune(cfg: InstructConfig, devices=None) -> dict | None:
     print(f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test examples; "
           f"{too_long} longer than {max_length} tokens are cut")
     run_cfg = common.run_config(cfg, model_cfg, tokenizer.name, path, task.max_steps, task.steps_per_epoch)
-    return common.train(task, cfg, run_cfg, model, loss.language_model(model, common.parts(cfg).lora), path,
+    return common.train(task, cfg, run_cfg, model, objectives.language_model(model, common.parts(cfg).lora), path,
                         tokenizer.meta(), lambda: common.base_params(cfg, model_cfg), devices)

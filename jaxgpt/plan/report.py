@@ -11,10 +11,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxgpt.model import KVCache
+from jaxgpt.model.gpt import KVCache
 from jaxgpt.plan.step import Fit, Job, compile_step, largest_micro_batch, usable_memory
 from jaxgpt.plan.targets import GiB, Target
-from jaxgpt.progress import flops_per_token
+from jaxgpt.report.progress import flops_per_token
 
 DECODE_BATCHES = (1, 8)
 
@@ -31,7 +31,7 @@ def tokens_per_step(job: Job, micro: int) -> int:
 
 def step_flops(job: Job, micro: int, n_params: int, n_trainable: int) -> float:
     """Model FLOPs of one step: 6 per weight and token when every weight trains (forward 2, backward 4), and
-    2 less per frozen weight (no weight gradient), plus attention (`jaxgpt.progress.flops_per_token`)."""
+    2 less per frozen weight (no weight gradient), plus attention (`jaxgpt.report.progress.flops_per_token`)."""
     full = flops_per_token(job.cfg.model, n_params)
     frozen_share = 1 - min(n_trainable / max(n_params, 1), 1)
     return tokens_per_step(job, micro) * (full - 2 * frozen_share * n_params)

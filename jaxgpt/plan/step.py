@@ -2,7 +2,7 @@
 
 `Job` is what would run: a resolved recipe (`Config`), the task (pretraining, or a finetune: instruct,
 classify, dpo) and which weights train. `compile_step(job, target, micro)` builds the training engine
-(`jaxgpt.engine.Engine`) over the target's devices, exactly as `train.py` or a finetune would there (the mesh
+(`jaxgpt.train.engine.Engine`) over the target's devices, exactly as `train.py` or a finetune would there (the mesh
 from the recipe's `mesh` section, the weights' shardings, donation, the attention kernel chosen for that
 backend, remat), lowers its jitted `train_step` for abstract inputs and compiles it. Nothing is allocated.
 
@@ -23,14 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import loss, model as model_lib, sharding
-from jaxgpt.attention import cudnn_compiles
+from jaxgpt.model import objectives
+from jaxgpt.model import gpt
+from jaxgpt.train import sharding
+from jaxgpt.model.attention import cudnn_compiles
 from jaxgpt.config import Config
-from jaxgpt.engine import Engine
-from jaxgpt.model import GPT, GPTClassifier
+from jaxgpt.train.engine import Engine
+from jaxgpt.model.gpt import GPT, GPTClassifier
 from jaxgpt.plan import hlo, targets as targets_lib
 from jaxgpt.plan.targets import Target
-from jaxgpt.trainable import Parts
+from jaxgpt.model.parts import Parts
 
 TASKS = ("pretrain", "instruct", "classify", "dpo")
 GPU_POOL = 0.75  # JAX preallocates this fraction of a GPU's memory and allocates from it (XLA_PYTHON_CLIENT_MEM_FRACTION)
@@ -86,7 +88,7 @@ def _shard_bytes(tree) -> int:
 
 def _batch(job: Job, accum: int, micro: int) -> tuple:
     """The task's batch as abstract arrays of shape (grad_accum, micro_batch, ...): the layouts the loss
-    functions document (jaxgpt.loss)."""
+    functions document (jaxgpt.model.losses)."""
     T, i32, f32 = job.cfg.model.block_size, jnp.int32, jnp.float32
     lead = (accum, micro)
     shapes = {
@@ -104,14 +106,14 @@ def build(job: Job, target: Target, micro: int) -> tuple[Engine, tuple]:
     tc = job.cfg.train
     cfg = dataclasses.replace(job.cfg, train=dataclasses.replace(tc, batch_size=micro * tc.grad_accum))
     probe = functools.partial(cudnn_compiles, device=devices[0])  # the trial compilation, for the target
-    resolved = model_lib.resolve(cfg.model, micro, backend=target.kind, probe=probe)
+    resolved = gpt.resolve(cfg.model, micro, backend=target.kind, probe=probe)
     lora = job.parts.lora
     if job.task == "classify":
         model = GPTClassifier(resolved, job.n_classes)
-        loss_fn = loss.classifier(model, lora)
+        loss_fn = objectives.classifier(model, lora)
     else:
         model = GPT(resolved)
-        loss_fn = loss.preference(model, job.beta, lora) if job.task == "dpo" else loss.language_model(model, lora)
+        loss_fn = objectives.preference(model, job.beta, lora) if job.task == "dpo" else objectives.language_model(model, lora)
     engine = Engine(cfg, model, loss_fn, job.parts, devices=devices)
     batch = tuple(jax.ShapeDtypeStruct(b.shape, b.dtype, sharding=engine.batch_sharding)
                   for b in _batch(job, tc.grad_accum, micro))

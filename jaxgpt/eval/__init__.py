@@ -1,0 +1,1 @@
+"""Evaluation as the field reports it: the loss on a corpus (corpus) and HellaSwag (hellaswag)."""
