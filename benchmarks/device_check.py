@@ -31,7 +31,7 @@ from jaxgpt.model import objectives
 from jaxgpt.config import Config, MeshConfig, ModelConfig, TrainConfig  # noqa: E402
 from jaxgpt.train.engine import Engine
 from jaxgpt.errors import UserError  # noqa: E402
-from jaxgpt.model.gpt import GPT, resolve
+from jaxgpt.model.gpt import GPT, for_backend
 from jaxgpt.report.progress import flops_per_token, peak_flops
 from jaxgpt.model.sampling import generate
 
@@ -43,7 +43,7 @@ def _oom(e: Exception) -> bool:
 
 def step_time(model_cfg: ModelConfig, batch: int, repeats: int, mesh: MeshConfig = MeshConfig()):
     """(seconds per step, tokens/s, MFU, the engine) of the train step, or None when it does not fit."""
-    model = GPT(resolve(model_cfg, batch))
+    model = GPT(for_backend(model_cfg, batch))
     cfg = Config(model=model_cfg, train=TrainConfig(batch_size=batch, warmup_steps=0), mesh=mesh)
     try:
         engine = Engine(cfg, model, objectives.language_model(model))
@@ -75,7 +75,7 @@ def attention_rows(cfg: ModelConfig, batch: int, repeats: int) -> list[str]:
     out, results = [], {}
     for how in ("xla", "cudnn"):
         try:
-            resolved = resolve(dataclasses.replace(cfg, attention=how), batch)
+            resolved = for_backend(dataclasses.replace(cfg, attention=how), batch)
         except UserError as e:
             out.append(f"| attention {how} | not available here: {str(e).split(';')[0]} | | |")
             continue
@@ -142,7 +142,7 @@ def plan_rows(cfg: ModelConfig, batch: int, repeats: int) -> list[str]:
     timing = f"{1e3 * r[0]:.1f} ms measured" if r else "out of memory"
     return [f"| plan ({target}) vs measured, batch {batch} x {cfg.block_size} | predicted {s['total_gib']:.2f} GiB, "
             f"{measured} | roofline {1e3 * roof['step_s']:.1f} ms, {timing} | attention predicted {s['attention']}, "
-            f"here {resolve(cfg, batch).attention} |"]
+            f"here {for_backend(cfg, batch).attention} |"]
 
 
 def main() -> None:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt.config import apply_overrides, load_config_file  # noqa: E402
-from jaxgpt.finetune import classify, dpo, instruct, tasks  # noqa: E402
+from jaxgpt.config import load_config_file  # noqa: E402
+
+from jaxgpt.recipe import apply_overrides
+from jaxgpt.finetune import classify, dpo, instruct, scoring, tasks  # noqa: E402
 from jaxgpt.train.pretrain import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +57,7 @@ def main() -> None:
         extra = dict(per_class=40) if args.quick else {}
         if trainable == "lora":  # adapters start from zero and are few: they take a larger step
             extra["learning_rate"] = 10 * classify.ClassifyConfig.learning_rate
-        r = classify.finetune(classify.ClassifyConfig(out_dir=str(out / f"classify_{trainable}"), trainable=trainable,
+        r = classify.finetune(classify.ClassifyConfig.of(out_dir=str(out / f"classify_{trainable}"), trainable=trainable,
                                                       **common, **extra))
         rows.append(f"| classify (comedy vs tragedy), {trainable} | test accuracy {r['test_accuracy']:.3f} | "
                     f"majority class {r['majority_baseline']:.3f} | {time.perf_counter() - t0:.0f} s |")
@@ -64,7 +66,7 @@ def main() -> None:
         extra = dict(n_tasks=60, max_new_tokens=8) if args.quick else {}
         if trainable == "lora":
             extra["learning_rate"] = 5 * instruct.InstructConfig.learning_rate
-        cfg = instruct.InstructConfig(out_dir=str(out / f"instruct_{trainable}"), trainable=trainable,
+        cfg = instruct.InstructConfig.of(out_dir=str(out / f"instruct_{trainable}"), trainable=trainable,
                                       score_base=trainable == "all", **common, **extra)
         r = instruct.finetune(cfg)
         rows.append(f"| instruct (generated set), {trainable} | exact match {r['test']['exact_match']:.3f}, "
@@ -74,12 +76,12 @@ def main() -> None:
         responses = json.loads((out / f"instruct_{trainable}" / instruct.RESPONSES_FILE).read_text())
         by_kind: dict[str, list[bool]] = {}
         for e in responses:
-            by_kind.setdefault(tasks.kind_of(e) or "?", []).append(tasks.exact_match(e["model_response"], e["output"]))
+            by_kind.setdefault(tasks.kind_of(e) or "?", []).append(scoring.exact_match(e["model_response"], e["output"]))
         print(f"exact match by kind ({trainable}): "
               + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(by_kind.items())))
     t0 = time.perf_counter()
     extra = dict(n_pairs=60, max_new_tokens=8) if args.quick else {}
-    r = dpo.finetune(dpo.DPOConfig(**{**common, "init_from": str(out / "instruct_all")},
+    r = dpo.finetune(dpo.DPOConfig.of(**{**common, "init_from": str(out / "instruct_all")},
                                    out_dir=str(out / "dpo"), **extra))
     em = r["exact_match"]
     rows.append(f"| dpo on the instruct model (generated pairs), all | exact match {em['after']['exact_match']:.3f}, "

@@ -21,6 +21,8 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxgpt import config as config_lib
+
+from jaxgpt import recipe
 from jaxgpt.config import ModelConfig  # noqa: E402
 from jaxgpt.errors import UserError  # noqa: E402
 from jaxgpt.model.lora import LoraConfig
@@ -42,8 +44,8 @@ ROWS = [
 
 
 def job_for(size: str, task: str, trainable: str, overrides) -> Job:
-    cfg = config_lib.load_config_file(RECIPE)
-    cfg = config_lib.apply_overrides(cfg, [f"--{o}" for o in overrides])
+    cfg = recipe.load_config_file(RECIPE)
+    cfg = recipe.apply_overrides(cfg, [f"--{o}" for o in overrides])
     m = cfg.model
     model = ModelConfig.preset(SIZES[size], **{f: getattr(m, f) for f in ("block_size", "dtype", "remat", "attention")})
     cfg = config_lib.validate(dataclasses.replace(cfg, model=model))

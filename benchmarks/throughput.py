@@ -22,6 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxgpt import config as config_lib
+
+from jaxgpt import recipe
 from jaxgpt.model import objectives
 from jaxgpt.train.engine import Engine
 from jaxgpt.model.gpt import GPT, resolve
@@ -46,7 +48,7 @@ def main(argv=None) -> None:
     parser.add_argument("--vocab-size", type=int, default=None, help="default: 65 for char, else GPT-2's")
     parser.add_argument("--new-tokens", type=int, default=128)
     args, overrides = parser.parse_known_args(argv)
-    cfg = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+    cfg = recipe.apply_overrides(recipe.load_config_file(args.config), overrides)
     vocab = args.vocab_size or (65 if cfg.data.tokenizer == "char" else 50257)
     mcfg = config_lib.ModelConfig(**{**cfg.model.__dict__, "vocab_size": vocab})
     tc, T = cfg.train, mcfg.block_size

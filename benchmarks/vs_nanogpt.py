@@ -38,10 +38,9 @@ RECIPES = {"char": "configs/shakespeare_char.py", "bpe": "configs/shakespeare_gp
 
 
 def _config(recipe: str, overrides: list[str]):
-    from jaxgpt import config as config_lib
+    from jaxgpt.recipe import apply_overrides, load_config_file
 
-    cfg = config_lib.load_config_file(ROOT / RECIPES[recipe])
-    return config_lib.apply_overrides(cfg, overrides)
+    return apply_overrides(load_config_file(ROOT / RECIPES[recipe]), overrides)
 
 
 # --- the PyTorch side --------------------------------------------------------------------------------------

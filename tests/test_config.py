@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 
 from jaxgpt import config as config_lib
+
+from jaxgpt import recipe
 from jaxgpt.config import Config, ModelConfig
 from jaxgpt.errors import UserError
 
@@ -12,12 +14,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.py")), ids=lambda p: p.name)
 def test_every_config_file_loads_and_validates(path):
-    cfg = config_lib.load_config_file(path)
+    cfg = recipe.load_config_file(path)
     assert config_lib.validate(cfg) is cfg
 
 
 def test_overrides_parse_each_type():
-    cfg = config_lib.apply_overrides(Config(), [
+    cfg = recipe.apply_overrides(Config(), [
         "--model.n_layer=3", "--train.learning_rate=0.5", "--model.qkv_bias=false",
         "--train.sample_prompt=a\\nb", "data.tokenizer=gpt2",
     ])
@@ -28,7 +30,7 @@ def test_overrides_parse_each_type():
 
 def test_unknown_key_names_the_valid_ones():
     with pytest.raises(UserError, match=r"unknown config key 'model\.n_layers'.*model\.n_layer"):
-        config_lib.apply_overrides(Config(), ["--model.n_layers=2"])
+        recipe.apply_overrides(Config(), ["--model.n_layers=2"])
 
 
 @pytest.mark.parametrize("override,pattern", [
@@ -38,7 +40,7 @@ def test_unknown_key_names_the_valid_ones():
 ])
 def test_bad_override_values(override, pattern):
     with pytest.raises(UserError, match=pattern):
-        config_lib.apply_overrides(Config(), [override])
+        recipe.apply_overrides(Config(), [override])
 
 
 @pytest.mark.parametrize("override,pattern", [
@@ -54,11 +56,11 @@ def test_bad_override_values(override, pattern):
 ])
 def test_validate_rejects_impossible_values(override, pattern):
     with pytest.raises(UserError, match=pattern):
-        config_lib.validate(config_lib.apply_overrides(Config(), [override]))
+        config_lib.validate(recipe.apply_overrides(Config(), [override]))
 
 
 def test_dict_round_trip_and_diff():
-    cfg = config_lib.apply_overrides(Config(), ["--model.n_layer=2", "--train.max_steps=7"])
+    cfg = recipe.apply_overrides(Config(), ["--model.n_layer=2", "--train.max_steps=7"])
     assert Config.from_dict(cfg.to_dict()) == cfg
     changes = config_lib.diff(Config(), cfg)
     assert changes == ["model.n_layer: 12 -> 2", "train.max_steps: 2000 -> 7"]
@@ -75,15 +77,15 @@ def test_presets():
 
 def test_config_file_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        config_lib.load_config_file(tmp_path / "nope.py")
+        recipe.load_config_file(tmp_path / "nope.py")
     bad = tmp_path / "bad.py"
     bad.write_text("config = Config(\n")
     with pytest.raises(UserError, match="syntax error on line"):
-        config_lib.load_config_file(bad)
+        recipe.load_config_file(bad)
     bad.write_text("x = 1\n")
     with pytest.raises(UserError, match="must define"):
-        config_lib.load_config_file(bad)
+        recipe.load_config_file(bad)
     bad.write_text("from jaxgpt.config import *\nconfig = Config(model=ModelConfig(n_layers=2))\n")
     with pytest.raises(UserError, match="failed to load: TypeError"):
-        config_lib.load_config_file(bad)
+        recipe.load_config_file(bad)
     assert dataclasses.is_dataclass(Config())

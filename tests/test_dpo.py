@@ -122,7 +122,7 @@ def test_finetune_dpo_reads_prompt_and_instruction_records(instruct_base, tmp_pa
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     pairs = dpo.read_pairs(str(data))
     assert pairs[0]["prompt"] == "Q0: yes or no?\nA:" and pairs[12]["prompt"].endswith("### Response:\n")
-    cfg = dpo.DPOConfig(init_from=str(instruct_base), data=str(data), out_dir=str(tmp_path / "out"), epochs=1,
+    cfg = dpo.DPOConfig.of(init_from=str(instruct_base), data=str(data), out_dir=str(tmp_path / "out"), epochs=1,
                         batch_size=4, max_new_tokens=2, score_base=False, trainable="lora", progress=False)
     results = dpo.finetune(cfg)
     assert results["examples"] == {"train": 21, "val": 1, "test": 2} and "before" not in results["exact_match"]

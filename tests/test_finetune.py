@@ -1,7 +1,6 @@
 """Finetuning recipes on tiny models: data reading, collation masks, last-token selection, accuracy,
 the Alpaca template, trainable parts and LoRA's optimizer state, and the commands end to end."""
 
-import dataclasses
 import json
 
 import flax.linen as nn
@@ -121,7 +120,7 @@ def _opt_leaves(state):
 
 @pytest.mark.parametrize("trainable", ["head", "last_blocks", "lora"])
 def test_only_the_chosen_parts_train_and_reach_the_optimizer(bpe_base, trainable):
-    cfg = classify.ClassifyConfig(init_from=str(bpe_base), trainable=trainable, lora_rank=2)
+    cfg = classify.ClassifyConfig.of(init_from=str(bpe_base), trainable=trainable, lora_rank=2)
     model_cfg, gpt = load_pretrained(bpe_base)
     model = GPTClassifier(model_cfg, 2)
     run = Config(model=model_cfg, train=TrainConfig(batch_size=8, warmup_steps=0, lr_schedule="constant"))
@@ -198,23 +197,23 @@ def test_embedded_classification_task_with_a_character_model(tmp_path):
     examples = classify.shakespeare_genres(per_class=30, seed=1)
     assert sorted({label for label, _ in examples}) == ["comedy", "tragedy"] and len(examples) == 60
     assert all(80 <= len(text) <= 240 and ":\n" not in text for _, text in examples)
-    results = classify.finetune(classify.ClassifyConfig(init_from=str(tmp_path / "char"), per_class=30, epochs=1,
+    results = classify.finetune(classify.ClassifyConfig.of(init_from=str(tmp_path / "char"), per_class=30, epochs=1,
                                                         out_dir=str(tmp_path / "out"), progress=False))
     assert results["max_length"] == 64 and results["truncated"]["train"] > 0  # passages are cut to the context
     assert results["examples"] == {"train": 42, "val": 6, "test": 12}
     with pytest.raises(UserError, match="no <|endoftext|>"):
-        instruct.finetune(instruct.InstructConfig(init_from=str(tmp_path / "char"), n_tasks=40,
+        instruct.finetune(instruct.InstructConfig.of(init_from=str(tmp_path / "char"), n_tasks=40,
                                                   out_dir=str(tmp_path / "inst")))
     assert not (tmp_path / "inst").exists()
 
 
 def test_a_class_only_in_the_test_split_is_refused():
     examples = [("a", f"x{i}") for i in range(50)] + [("b", "lonely")]
-    cfg = classify.ClassifyConfig(balance=False)
+    cfg = classify.ClassifyConfig.of(balance=False)
     raised = 0
     for seed in range(10):
         try:
-            classify.split_examples(examples, dataclasses.replace(cfg, seed=seed))
+            classify.split_examples(examples, cfg.replace(seed=seed))
         except UserError as e:
             assert "class 'b' is in the" in str(e) and "but not in training" in str(e)
             raised += 1

@@ -89,7 +89,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(setup, tmp_path):
 
 
 def _finetune(setup, out, **settings):
-    cfg = instruct.InstructConfig(init_from=str(setup / "base"), data=str(setup / "data.json"), out_dir=str(out),
+    cfg = instruct.InstructConfig.of(init_from=str(setup / "base"), data=str(setup / "data.json"), out_dir=str(out),
                                   epochs=1, batch_size=8, learning_rate=3e-3, log_interval=1, max_new_tokens=2,
                                   progress=False, **settings)
     instruct.finetune(cfg)

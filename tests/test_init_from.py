@@ -9,7 +9,7 @@ import pytest
 from hf_reference import random_hf_model
 
 from jaxgpt.model import objectives
-from jaxgpt.config import apply_overrides, load_config_file
+from jaxgpt.recipe import apply_overrides, load_config_file
 from jaxgpt.errors import UserError
 from jaxgpt.model.gpt import GPT
 from jaxgpt.store.loader import convert_model, load_pretrained

@@ -10,7 +10,7 @@ import pytest
 from jaxgpt.model.attention import attention_implementation, cudnn_compiles
 from jaxgpt.config import Config, validate
 from jaxgpt.errors import UserError
-from jaxgpt.model.gpt import GPT, init_params, resolve
+from jaxgpt.model.gpt import GPT, init_params, for_backend
 
 SHAPE = (2, 128, 12, 64)  # (B, T, H, D)
 
@@ -52,15 +52,15 @@ def test_xla_attention_is_never_replaced():
 
 
 def test_the_kernel_is_decided_once_before_tracing(tiny_model):
-    """`resolve` turns "auto" into the kernel the model then runs; cuDNN asked for where it cannot run is
+    """`for_backend` turns "auto" into the kernel the model then runs; cuDNN asked for where it cannot run is
     one line, not a failed compilation."""
-    assert resolve(tiny_model, 8, "cpu", _never).attention == "xla"
+    assert for_backend(tiny_model, 8, "cpu", _never).attention == "xla"
     gpu = dataclasses.replace(tiny_model, dtype="bfloat16", n_head=2, n_embd=32)  # head size 16
-    assert resolve(gpu, 8, "gpu", lambda shape, dtype: shape == (8, 16, 2, 16)).attention == "cudnn"
-    assert resolve(dataclasses.replace(gpu, attention="cudnn"), 8, "gpu", lambda *_: True).attention == "cudnn"
+    assert for_backend(gpu, 8, "gpu", lambda shape, dtype: shape == (8, 16, 2, 16)).attention == "cudnn"
+    assert for_backend(dataclasses.replace(gpu, attention="cudnn"), 8, "gpu", lambda *_: True).attention == "cudnn"
     with pytest.raises(UserError, match="model.attention=cudnn does not run here"):
-        resolve(dataclasses.replace(tiny_model, attention="cudnn"), 8, "cpu")
-    assert resolve(dataclasses.replace(tiny_model, dtype="float16"), 8, "cpu").attention == "xla"  # runs (below)
+        for_backend(dataclasses.replace(tiny_model, attention="cudnn"), 8, "cpu")
+    assert for_backend(dataclasses.replace(tiny_model, dtype="float16"), 8, "cpu").attention == "xla"  # runs (below)
 
 
 def test_cudnn_probe_says_no_off_a_gpu_even_while_tracing():

@@ -15,7 +15,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jaxgpt.model.attention import _pallas_blocks, attention_implementation, causal_attention, pallas_attention, pallas_supports
 from jaxgpt.config import ModelConfig
 from jaxgpt.errors import UserError
-from jaxgpt.model.gpt import GPT, init_params, resolve
+from jaxgpt.model.gpt import GPT, init_params, for_backend
 
 PALLAS_MODEL = ModelConfig(vocab_size=64, block_size=128, n_layer=1, n_head=2, n_embd=32)
 
@@ -58,7 +58,7 @@ def test_auto_takes_pallas_on_a_tpu_only():
     assert attention_implementation("auto", "tpu", "bfloat16", (8, 1000, 12, 64), _never) != "pallas"
     assert attention_implementation("auto", "cpu", "bfloat16", shape, _never) == "xla"
     assert attention_implementation("auto", "gpu", "bfloat16", shape, lambda *_: False) != "pallas"
-    assert resolve(PALLAS_MODEL, 8, "tpu", _never).attention == "pallas"
+    assert for_backend(PALLAS_MODEL, 8, "tpu", _never).attention == "pallas"
 
 
 @pytest.mark.parametrize("backend,dtype,shape", [

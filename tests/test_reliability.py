@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import last_logged_step, sigkill_at
 
-from jaxgpt.store import checkpoint
+from jaxgpt.store import checkpoint, rundir
 from jaxgpt.model import objectives
 from jaxgpt.train import steps
 from jaxgpt.errors import UserError
@@ -68,7 +68,7 @@ def test_an_unfinished_checkpoint_is_set_aside_and_the_last_complete_one_used(ti
     train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=20)))
     out = capsys.readouterr().out
     assert "moved an unfinished checkpoint" in out and "resuming from" in out and "(step 10)" in out
-    assert (run / checkpoint.PARTIAL_DIR / partial.name).is_dir() and not partial.exists()
+    assert (run / rundir.PARTIAL_DIR / partial.name).is_dir() and not partial.exists()
     assert checkpoint.Checkpointer(run, 2).latest_step() == 20
 
 

@@ -192,7 +192,7 @@ def bpe_base(tmp_path_factory):
 def _finetune(root, out, mesh, devices, **settings):
     from jaxgpt.finetune import instruct
 
-    cfg = instruct.InstructConfig(init_from=str(root / "model"), data=str(root / "data.json"), out_dir=str(out),
+    cfg = instruct.InstructConfig.of(init_from=str(root / "model"), data=str(root / "data.json"), out_dir=str(out),
                                   epochs=1, batch_size=8, learning_rate=3e-3, max_new_tokens=2, log_interval=1,
                                   progress=False, mesh=mesh, **settings)
     instruct.finetune(cfg, devices=devices)
@@ -219,7 +219,7 @@ def test_finetune_weights_and_lora_adapters_are_split_like_their_base(bpe_base):
     from jaxgpt.model.gpt import GPTClassifier
 
     model_cfg, gpt = load_pretrained(bpe_base / "model")
-    ft = classify.ClassifyConfig(trainable="lora", lora_rank=4)
+    ft = classify.ClassifyConfig.of(trainable="lora", lora_rank=4)
     model = GPTClassifier(model_cfg, 2)
     run = Config(model=model_cfg, train=TrainConfig(batch_size=8), mesh=MeshConfig(data=1, fsdp=4, tensor=2))
     engine = Engine(run, model, objectives.classifier(model, common.parts(ft).lora), common.parts(ft))

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from jaxgpt.finetune import tasks
-from jaxgpt.finetune.tasks import KINDS, exact_match, generate_tasks, kind_of, normalize, score, token_f1
+from jaxgpt.finetune.scoring import exact_match, normalize, score, token_f1
+from jaxgpt.finetune.tasks import KINDS, generate_tasks, kind_of
 
 
 @pytest.fixture(scope="module")

@@ -65,19 +65,30 @@ def table(rows: list[tuple[str, str, str, str]], flag=lambda name: f"--{name}=")
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", only=None, defaults=None,
+                  help_text: dict | None = None) -> None:
     """One `--field-name` option per dataclass field, typed from its annotation, defaulting to None; nested
-    dataclasses (mesh, dist) become `--mesh.fsdp` and so on."""
-    hints, comments = typing.get_type_hints(cls), field_comments(cls)
+    dataclasses (mesh, dist) become `--mesh.fsdp` and so on, except a section the class lists in its
+    `flat_sections` (a finetune's `train`), whose listed fields are flags without a prefix (`--batch-size`).
+    `only`: the fields to take; `defaults`: an instance whose values the help shows; `help_text`: help that
+    replaces a field's own comment."""
+    hints, comments, flat = typing.get_type_hints(cls), field_comments(cls), getattr(cls, "flat_sections", {})
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            add_arguments(parser, tp, f"{prefix}{f.name}.")
+            if f.name in flat:
+                add_arguments(parser, tp, prefix, only=flat[f.name], defaults=getattr(cls(), f.name),
+                              help_text=getattr(cls, "flag_help", {}))
+            else:
+                add_arguments(parser, tp, f"{prefix}{f.name}.")
             continue
         flag = "--" + prefix + (f.name.replace("_", "-") if not prefix else f.name)
         dest = (prefix + f.name).replace(".", "__")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        text = comments.get(f.name, "").replace("%", "%%")
+        default = getattr(defaults, f.name) if defaults is not None else (
+            f.default if f.default is not dataclasses.MISSING else None)
+        text = (help_text or {}).get(f.name, comments.get(f.name, "")).replace("%", "%%")
         if tp is bool:
             parser.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction,
                                 help=f"{text} (default {'yes' if default else 'no'})")
@@ -86,12 +97,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
                                 help=f"{text} (default {default!r})")
 
 
-def from_arguments(cls: type, args, prefix: str = "", **defaults):
-    """The dataclass with every option the user gave; `defaults` replace the class defaults."""
-    hints, given = typing.get_type_hints(cls), {}
+def from_arguments(cls: type, args, prefix: str = ""):
+    """The dataclass with every option the user gave, the rest its defaults (`add_arguments`' flags)."""
+    hints, given, flat = typing.get_type_hints(cls), {}, getattr(cls, "flat_sections", {})
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
+        if f.name in flat:
+            named = {k: getattr(args, prefix + k) for k in flat[f.name] if getattr(args, prefix + k, None) is not None}
+            given[f.name] = dataclasses.replace(getattr(cls(), f.name), **named)
+        elif dataclasses.is_dataclass(hints[f.name]):
             given[f.name] = from_arguments(hints[f.name], args, f"{prefix}{f.name}__")
         elif getattr(args, prefix + f.name, None) is not None:
             given[f.name] = getattr(args, prefix + f.name)
-    return cls(**{**defaults, **given})
+    return cls(**given)

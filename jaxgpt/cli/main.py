@@ -35,7 +35,7 @@ def _guarded(fn, *args) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from jaxgpt import config as config_lib
+    from jaxgpt import recipe
     from jaxgpt.train.pretrain import train
 
     from jaxgpt.config import Config
@@ -47,13 +47,13 @@ def _train(argv: list[str]) -> int:
                + table(describe(Config)).replace("%", "%%"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", default=None, help=f"recipe file (default {config_lib.DEFAULT_CONFIG})")
+    parser.add_argument("--config", default=None, help=f"recipe file (default {recipe.DEFAULT_CONFIG})")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if not o.startswith("--") or "=" not in o]
     if bad:
         raise UserError(f"cannot read argument {bad[0]!r}; overrides look like --train.max_steps=100")
-    cfg = config_lib.load_config_file(args.config or config_lib.default_config_path())
-    cfg = config_lib.apply_overrides(cfg, overrides)
+    cfg = recipe.load_config_file(args.config or recipe.default_config_path())
+    cfg = recipe.apply_overrides(cfg, overrides)
     train(cfg)
     return 0
 

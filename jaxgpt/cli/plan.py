@@ -49,13 +49,14 @@ def add_parser(sub) -> None:
 
 def _job(args: argparse.Namespace, overrides: list[str]):
     from jaxgpt import config as config_lib
+    from jaxgpt import recipe
     from jaxgpt.config import ModelConfig
     from jaxgpt.model.lora import LoraConfig
     from jaxgpt.plan.step import Job
     from jaxgpt.model.parts import Parts
 
-    cfg = config_lib.load_config_file(args.config or config_lib.default_config_path())
-    cfg = config_lib.validate(config_lib.apply_overrides(cfg, overrides))
+    cfg = recipe.load_config_file(args.config or recipe.default_config_path())
+    cfg = config_lib.validate(recipe.apply_overrides(cfg, overrides))
     if args.micro_batch is not None:
         if args.micro_batch < 1:
             raise UserError(f"--micro-batch must be at least 1, got {args.micro_batch}")

@@ -14,6 +14,7 @@ generator seeded by (seed, step) alone. With one shard this is exactly `data.win
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from jaxgpt.errors import UserError
 from jaxgpt.files import write_atomic
 from jaxgpt.files import read_json_object
 from jaxgpt.tokenizer.bpe import load_bpe
+from jaxgpt.tokenizer.kinds import Tokenizer, tokenizer_from_meta
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ class TokenData:
 
     def count(self, split: str) -> int:
         return sum(len(s) for s in self.splits[split])
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the data was made with, built once."""
+        return tokenizer_from_meta(self.tokenizer_meta)
 
     @property
     def train(self) -> list[np.ndarray]:
@@ -121,19 +128,27 @@ def load_shards(folder: str | Path) -> TokenData:
     return TokenData(m["tokenizer"], splits, folder, summary, m)
 
 
+def _from_cache(p: cache.Prepared) -> TokenData:
+    return TokenData(p.tokenizer_meta, {"train": [p.train], "val": [p.val]}, p.folder,
+                     f"{p.train_tokens:,} train and {p.val_tokens:,} validation tokens")
+
+
+def open_prepared(folder: str | Path) -> TokenData | None:
+    """A folder that holds prepared tokens (shards, or the cache's train.bin/val.bin) as TokenData; None for
+    any other path. The one place that recognises and opens a prepared folder."""
+    folder = Path(folder).expanduser()
+    if is_sharded(folder):
+        return load_shards(folder)
+    if folder.is_dir() and (folder / "meta.json").is_file() and (folder / "train.bin").is_file():
+        return _from_cache(cache.load_prepared(folder))
+    return None
+
+
 def open_data(source: str, tokenizer: str, cache_dir: str, val_fraction: float) -> TokenData:
     """The token data of `data.source` (see the module docstring); `tokenizer` must match a prepared folder's."""
-    folder = Path(source).expanduser()
-    if is_sharded(folder):
-        d = load_shards(folder)
-        _check_tokenizer(d, tokenizer)
-        return d
-    if folder.is_dir() and (folder / "meta.json").is_file() and (folder / "train.bin").is_file():
-        p = cache.load_prepared(folder)
-    else:
-        p = cache.prepare(source, tokenizer, cache_dir, val_fraction)
-    d = TokenData(p.tokenizer_meta, {"train": [p.train], "val": [p.val]}, p.folder,
-                  f"{p.train_tokens:,} train and {p.val_tokens:,} validation tokens")
+    d = open_prepared(source)
+    if d is None:
+        d = _from_cache(cache.prepare(source, tokenizer, cache_dir, val_fraction))
     _check_tokenizer(d, tokenizer)
     return d
 

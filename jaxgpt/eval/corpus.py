@@ -20,8 +20,7 @@ from jaxgpt.model import objectives
 from jaxgpt.errors import UserError
 from jaxgpt.model.losses import IGNORE_INDEX
 from jaxgpt.model.gpt import GPT
-from jaxgpt.data.cache import load_prepared
-from jaxgpt.data.dataset import is_sharded, load_shards
+from jaxgpt.data.dataset import open_prepared
 from jaxgpt.files import read_text
 from jaxgpt.tokenizer.kinds import tokenizer_from_meta
 
@@ -66,17 +65,13 @@ def read_corpus(data: str, split: str, tokenizer_meta: dict | None):
     path = Path(data)
     if split not in ("train", "val"):
         raise UserError(f"--split must be train or val, got {split!r}")
-    if path.is_dir() and (is_sharded(path) or (path / "meta.json").is_file()):
-        if is_sharded(path):
-            d = load_shards(path)
-            meta, shards = d.tokenizer_meta, d.splits[split]
-        else:
-            p = load_prepared(path)
-            meta, shards = p.tokenizer_meta, [p.split(split)]
+    prepared = open_prepared(path)
+    if prepared is not None:
+        meta = prepared.tokenizer_meta
         if tokenizer_meta is not None and meta != tokenizer_meta:
             raise UserError(f"{path} was tokenized with {meta.get('kind')}, the model with "
                             f"{tokenizer_meta.get('kind')}; prepare the data with the model's tokenizer")
-        return shards, f"{path} ({split})"
+        return prepared.splits[split], f"{path} ({split})"
     if path.is_file():
         if tokenizer_meta is None:
             raise UserError("the model does not say which tokenizer it uses, so a text file cannot be tokenized")

@@ -10,7 +10,7 @@ the output folder is then read by `jaxgpt.store.loader.load` (`classify` below, 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
@@ -19,7 +19,10 @@ import numpy as np
 
 from jaxgpt.model import objectives
 from jaxgpt.files import read_text
+from jaxgpt.config import TrainConfig
 from jaxgpt.errors import UserError
+from jaxgpt.finetune.config import TRAINABLE, FinetuneConfig, train_defaults
+from jaxgpt.store.rundir import RunDir
 from jaxgpt.finetune import common
 from jaxgpt.model.gpt import GPTClassifier
 from jaxgpt.tokenizer.kinds import Tokenizer
@@ -32,10 +35,10 @@ TASK = "classify"
 
 
 @dataclass(frozen=True)
-class ClassifyConfig(common.FinetuneConfig):
+class ClassifyConfig(FinetuneConfig):
     # Training everything suits the small default model; for GPT-2 124M and up the book trains the head,
     # the final LayerNorm and the last block (--trainable last_blocks) at --learning-rate 5e-5.
-    learning_rate: float = 3e-4
+    train: TrainConfig = field(default_factory=lambda: train_defaults(learning_rate=3e-4))
     epochs: int = 5
     label_column: str = "label"  # the CSV/TSV column holding each example's class
     text_column: str = "text"  # the column holding its text
@@ -104,7 +107,7 @@ def split_examples(examples: list[tuple[str, str]], cfg: ClassifyConfig) -> tupl
         raise UserError("there are no examples to classify; give a --data file with rows, or a positive --per-class")
     if len(names) < 2:
         raise UserError(f"the data has only one class ({names[0]!r}); a classifier needs at least two")
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.train.seed)
     by_class = {n: [t for label, t in examples if label == n] for n in names}
     if cfg.balance:
         smallest = min(len(v) for v in by_class.values())
@@ -180,7 +183,7 @@ class Classify(common.Finetune):
                    "confusion_matrix": confusion.tolist(), "max_length": self.describe["max_length"],
                    "examples": {k: len(s.labels) for k, s in self.splits.items()},
                    "truncated": {k: s.truncated for k, s in self.splits.items()},
-                   "evaluations": common.evaluations(engine.run_dir)}
+                   "evaluations": RunDir(engine.run_dir).evaluations()}
         common.finish(engine, results, f"test accuracy {results['test_accuracy']:.3f} (majority class "
                       f"{results['majority_baseline']:.3f}); confusion matrix (rows: true {self.names}) "
                       f"{results['confusion_matrix']}")
@@ -188,18 +191,18 @@ class Classify(common.Finetune):
 
 
 def finetune(cfg: ClassifyConfig, devices=None) -> dict | None:
-    """Train a classifier as `cfg` says into cfg.out_dir (resuming an unfinished one there). Returns
+    """Train a classifier as `cfg` says into train.out_dir (resuming an unfinished one there). Returns
     results.json's dict, or None if a signal stopped the run."""
-    common.check(cfg, common.TRAINABLE)
+    common.check(cfg, TRAINABLE)
     if cfg.per_class < 1:
         raise UserError(f"--per-class must be positive, got {cfg.per_class}")
     path = common.out_dir(cfg, "out/classify")
     examples = read_labeled(cfg.data, cfg.label_column, cfg.text_column) if cfg.data else \
-        shakespeare_genres(cfg.per_class, cfg.seed)
+        shakespeare_genres(cfg.per_class, cfg.train.seed)
     model_cfg, tokenizer = common.base_model(cfg)
     unknown = unknown_characters(tokenizer, (text for _, text in examples))
     if unknown:
-        raise UserError(f"the data has characters that the model in {cfg.init_from} does not know: "
+        raise UserError(f"the data has characters that the model in {cfg.train.init_from} does not know: "
                         f"{describe_characters(unknown)}; a character-level model reads only the characters of its "
                         "training text: remove them from the data or start from a GPT-2 BPE model (--init-from)")
     names, items = split_examples(examples, cfg)

@@ -14,7 +14,7 @@ after them) are scored.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import numpy as np
@@ -22,9 +22,12 @@ import numpy as np
 from jaxgpt import runtime
 from jaxgpt.model import losses
 from jaxgpt.model import objectives
+from jaxgpt.config import TrainConfig
 from jaxgpt.errors import UserError
+from jaxgpt.finetune.config import FinetuneConfig, train_defaults
+from jaxgpt.store.rundir import RunDir
 from jaxgpt.files import write_atomic, write_json
-from jaxgpt.finetune import common, instruct, tasks
+from jaxgpt.finetune import common, instruct, scoring, tasks
 from jaxgpt.model.gpt import GPT
 
 TASK = "dpo"
@@ -32,11 +35,11 @@ REFERENCE_FILE = "reference_logps.npy"
 
 
 @dataclass(frozen=True)
-class DPOConfig(common.FinetuneConfig):
-    init_from: str = "out/instruct"  # an instruction-following model (GPT-2 BPE), e.g. `jaxgpt finetune instruct`'s
+class DPOConfig(FinetuneConfig):
+    # From an instruction-following model (GPT-2 BPE), e.g. `jaxgpt finetune instruct`'s.
+    train: TrainConfig = field(default_factory=lambda: train_defaults(init_from="out/instruct", learning_rate=5e-5))
     beta: float = 0.1  # how strongly the policy is held to the reference: larger stays closer
     epochs: int = 2
-    learning_rate: float = 5e-5
     n_pairs: int = 1000  # embedded pairs: how many
     max_new_tokens: int = 64  # longest generated response when scoring
     val_fraction: float = 0.05
@@ -134,17 +137,17 @@ class DPO(common.Finetune):
         results = {"test": {k.removeprefix("test_"): v for k, v in
                             engine.evaluate(state.params, frozen, test_set).items()},
                    "examples": {k: len(v) for k, v in self.split.items()},
-                   "evaluations": common.evaluations(engine.run_dir)}
+                   "evaluations": RunDir(engine.run_dir).evaluations()}
         test = [self.pairs[i] for i in self.split["test"]]
         prompts = [p["prompt"] for p in test]
         model_cfg = engine.model.config
         after = instruct.respond(model_cfg, engine.full_params(state, frozen), self.tokenizer, prompts,
                                  cfg.max_new_tokens)
-        results["exact_match"] = {"after": tasks.score(after, [p["chosen"] for p in test])}
+        results["exact_match"] = {"after": scoring.score(after, [p["chosen"] for p in test])}
         if cfg.score_base:
             before = instruct.respond(model_cfg, common.base_params(cfg, model_cfg), self.tokenizer, prompts,
                                       cfg.max_new_tokens)
-            results["exact_match"]["before"] = tasks.score(before, [p["chosen"] for p in test])
+            results["exact_match"]["before"] = scoring.score(before, [p["chosen"] for p in test])
         if runtime.is_primary():
             write_json(engine.run_dir / instruct.RESPONSES_FILE,
                               [{**p, "model_response": r} for p, r in zip(test, after)])
@@ -158,7 +161,7 @@ class DPO(common.Finetune):
 
 
 def finetune(cfg: DPOConfig, devices=None) -> dict | None:
-    """Preference-tune `cfg.init_from` into cfg.out_dir (resuming an unfinished run there). Returns
+    """Preference-tune `train.init_from` into train.out_dir (resuming an unfinished run there). Returns
     results.json's dict (None if a signal stopped it)."""
     common.check(cfg, ("all", "last_blocks", "lora"))
     if not cfg.beta > 0:
@@ -170,9 +173,9 @@ def finetune(cfg: DPOConfig, devices=None) -> dict | None:
     if cfg.data:
         pairs = read_pairs(cfg.data)
     else:
-        pairs = [{**p, "prompt": instruct.format_prompt(p)} for p in tasks.preference_pairs(cfg.n_pairs, cfg.seed)]
+        pairs = [{**p, "prompt": instruct.format_prompt(p)} for p in tasks.preference_pairs(cfg.n_pairs, cfg.train.seed)]
     model_cfg, tokenizer = common.base_model(cfg)
-    instruct.needs_eot(tokenizer, cfg.init_from)
+    instruct.needs_eot(tokenizer, cfg.train.init_from)
     max_length = cfg.max_length or model_cfg.block_size
     if max_length > model_cfg.block_size:
         raise UserError(f"--max-length={max_length} exceeds the model's context of {model_cfg.block_size}")

@@ -9,7 +9,7 @@ responses included, is written into the output folder.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
@@ -18,9 +18,12 @@ import numpy as np
 from jaxgpt import runtime
 from jaxgpt.model import objectives
 from jaxgpt.files import read_text
+from jaxgpt.config import TrainConfig
 from jaxgpt.errors import UserError
+from jaxgpt.finetune.config import FinetuneConfig, train_defaults
+from jaxgpt.store.rundir import RunDir
 from jaxgpt.files import write_json
-from jaxgpt.finetune import common, tasks
+from jaxgpt.finetune import common, scoring, tasks
 from jaxgpt.model.losses import IGNORE_INDEX
 from jaxgpt.model.gpt import GPT
 from jaxgpt.model.sampling import generate
@@ -34,12 +37,13 @@ RESPONSES_FILE = "test_responses.json"
 
 
 @dataclass(frozen=True)
-class InstructConfig(common.FinetuneConfig):
-    init_from: str = "out/shakespeare_gpt2bpe"  # needs a tokenizer with <|endoftext|> (GPT-2's BPE)
+class InstructConfig(FinetuneConfig):
+    # From a model whose tokenizer has <|endoftext|> (GPT-2's BPE).
+    train: TrainConfig = field(default_factory=lambda: train_defaults(init_from="out/shakespeare_gpt2bpe",
+                                                                      learning_rate=1e-3))
     # Suits the small default model (validation loss stops falling after about 5 epochs); for GPT-2 124M
     # and up the book uses 5e-5 and 2 epochs.
     epochs: int = 5
-    learning_rate: float = 1e-3
     mask_prompt: bool = False  # learn only the response tokens
     max_new_tokens: int = 64  # longest generated response
     n_tasks: int = 1000  # embedded task set: examples generated
@@ -139,9 +143,9 @@ def respond(model_cfg, params, tokenizer: Tokenizer, prompts: list[str], max_new
     return out
 
 
-def split_entries(n: int, cfg: common.FinetuneConfig) -> dict[str, np.ndarray]:
+def split_entries(n: int, cfg: FinetuneConfig) -> dict[str, np.ndarray]:
     """Shuffled train/val/test index arrays of n examples (refused when a split would be empty)."""
-    order = np.random.default_rng(cfg.seed).permutation(n)
+    order = np.random.default_rng(cfg.train.seed).permutation(n)
     n_val, n_test = int(n * cfg.val_fraction), int(n * cfg.test_fraction)
     n_train = n - n_val - n_test
     split = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
@@ -191,13 +195,13 @@ class Instruct(common.Finetune):
         model_cfg = engine.model.config
         prompts = [format_prompt(e) for e in test]
         responses = respond(model_cfg, engine.full_params(state, frozen), self.tokenizer, prompts, cfg.max_new_tokens)
-        score = tasks.score(responses, [e["output"] for e in test])
+        score = scoring.score(responses, [e["output"] for e in test])
         base = None
         if cfg.score_base:
-            base = tasks.score(respond(model_cfg, common.base_params(cfg, model_cfg), self.tokenizer, prompts,
+            base = scoring.score(respond(model_cfg, common.base_params(cfg, model_cfg), self.tokenizer, prompts,
                                        cfg.max_new_tokens), [e["output"] for e in test])
         results = {"test": score, "base_test": base, "examples": {k: len(v) for k, v in self.split.items()},
-                   "truncated": self.truncated, "evaluations": common.evaluations(engine.run_dir)}
+                   "truncated": self.truncated, "evaluations": RunDir(engine.run_dir).evaluations()}
         answered = [{**e, "model_response": r} for e, r in zip(test, responses)]
         if runtime.is_primary():
             if not cfg.data:  # the generated set is an input too: keep it beside its responses
@@ -210,16 +214,16 @@ class Instruct(common.Finetune):
 
 
 def finetune(cfg: InstructConfig, devices=None) -> dict | None:
-    """Finetune on instructions as `cfg` says into cfg.out_dir (resuming an unfinished one there); the model,
+    """Finetune on instructions as `cfg` says into train.out_dir (resuming an unfinished one there); the model,
     curves, test responses and scores land there. Returns results.json's dict (None if a signal stopped it)."""
     common.check(cfg, ("all", "last_blocks", "lora"))
     for key in ("max_new_tokens", "n_tasks"):
         if getattr(cfg, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}")
     path = common.out_dir(cfg, "out/instruct")
-    entries = read_instructions(cfg.data) if cfg.data else tasks.generate_tasks(cfg.n_tasks, cfg.seed)
+    entries = read_instructions(cfg.data) if cfg.data else tasks.generate_tasks(cfg.n_tasks, cfg.train.seed)
     model_cfg, tokenizer = common.base_model(cfg)
-    needs_eot(tokenizer, cfg.init_from)
+    needs_eot(tokenizer, cfg.train.init_from)
     max_length = cfg.max_length or model_cfg.block_size
     if max_length > model_cfg.block_size:
         raise UserError(f"--max-length={max_length} exceeds the model's context of {model_cfg.block_size}")

@@ -87,7 +87,7 @@ def _residual_std(config: ModelConfig) -> float:
     return 0.02 / math.sqrt(2 * config.n_layer)
 
 
-def resolve(config: ModelConfig, batch: int, backend: str | None = None, probe=cudnn_compiles) -> ModelConfig:
+def for_backend(config: ModelConfig, batch: int, backend: str | None = None, probe=cudnn_compiles) -> ModelConfig:
     """The config the model runs with on this backend: `attention` decided (one of "xla", "recompute",
     "cudnn", "pallas") for (batch, block_size) inputs, once and before anything is traced. `probe` is
     cuDNN's trial compilation, asked only on a GPU."""
@@ -120,7 +120,7 @@ class CausalSelfAttention(nn.Module):
             mask = jnp.arange(k.shape[2])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
             # q as the projection leaves it, (B, T, H, D): decoding reads it faster than head-major.
             y, _ = attend(qkv[:, :, 0], k, v, mask, q_layout="bthd")  # (B, T, H, D)
-        elif cfg.attention == "cudnn":  # `resolve` chose cuDNN's fused kernel, which reads (B, T, H, D)
+        elif cfg.attention == "cudnn":  # `for_backend` chose cuDNN's fused kernel, which reads (B, T, H, D)
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D) each
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")  # (B, T, H, D)
         else:
@@ -130,7 +130,7 @@ class CausalSelfAttention(nn.Module):
                 # dropout always takes `attend`, whichever kernel was chosen; evaluation keeps that kernel.
                 y, _ = attend(q, k, v, causal_mask(T), lambda probs: nn.Dropout(cfg.dropout)(probs, deterministic=False))
             elif cfg.attention == "pallas" and pallas_supports((B, T, H, D), cfg.dtype):
-                # Pallas's TPU flash attention, per device under a mesh. `resolve` checked block_size; a shorter
+                # Pallas's TPU flash attention, per device under a mesh. `for_backend` checked block_size; a shorter
                 # or otherwise unsupported T (a user's own `apply`) takes XLA's kernel.
                 y = pallas_attention(q, k, v)  # (B, H, T, D)
             elif cfg.attention == "recompute":

@@ -106,7 +106,7 @@ def build(job: Job, target: Target, micro: int) -> tuple[Engine, tuple]:
     tc = job.cfg.train
     cfg = dataclasses.replace(job.cfg, train=dataclasses.replace(tc, batch_size=micro * tc.grad_accum))
     probe = functools.partial(cudnn_compiles, device=devices[0])  # the trial compilation, for the target
-    resolved = gpt.resolve(cfg.model, micro, backend=target.kind, probe=probe)
+    resolved = gpt.for_backend(cfg.model, micro, backend=target.kind, probe=probe)
     lora = job.parts.lora
     if job.task == "classify":
         model = GPTClassifier(resolved, job.n_classes)

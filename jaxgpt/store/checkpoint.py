@@ -1,16 +1,14 @@
 """Orbax checkpoints: a run directory's train states, params-only model directories, and reading the
 parameters back (for `jaxgpt.store.loader.load`).
 
-A run directory holds `config.json` (the resolved Config), `tokenizer.json` (tokenizer metadata) and
-`checkpoints/<step>/` written by an Orbax CheckpointManager: the TrainState (`state`) and a small JSON
-item (`meta`: tokens seen, validation loss). The latest `keep` checkpoints are kept, plus the best by
+A run directory (rundir.py names its files) holds `checkpoints/<step>/` written by an Orbax
+CheckpointManager: the TrainState (`state`) and a small JSON item (`meta`: tokens seen, validation loss). The latest `keep` checkpoints are kept, plus the best by
 validation loss. Saves are asynchronous; `wait()` before exiting. A finetune also keeps the weights it
 does not train once, in `frozen/` (`save_tree`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -20,13 +18,10 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxgpt.config import Config, save_json, validate
+from jaxgpt.config import Config
 from jaxgpt.errors import UserError
-from jaxgpt.files import read_json_object
+from jaxgpt.store.rundir import CHECKPOINT_DIR, RunDir
 
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
-CHECKPOINT_DIR = "checkpoints"
 
 
 def _manager(run_dir: Path, keep: int = 1, create: bool = True) -> ocp.CheckpointManager:
@@ -77,21 +72,6 @@ class Checkpointer:
         self.manager.close()
 
 
-PARTIAL_DIR = "partial_checkpoints"
-
-
-def set_aside_partial(run_dir: str | Path) -> list[Path]:
-    """Move checkpoints that were never finished (the process died while writing them) out of the way,
-    into `<run_dir>/partial_checkpoints/`; returns where they went. Orbax writes each checkpoint into a
-    temporary folder and renames it only when complete, so an unfinished one is recognisable by name."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    moved = []
-    for path in sorted(folder.glob("*.orbax-checkpoint-tmp*")) if folder.is_dir() else []:
-        target = Path(run_dir) / PARTIAL_DIR / path.name
-        target.parent.mkdir(exist_ok=True)
-        path.rename(target)
-        moved.append(target)
-    return moved
 
 
 def estimate_bytes(abstract_state) -> int:
@@ -108,9 +88,7 @@ def save_model(out_dir: str | Path, cfg: Config, params, tokenizer_meta: dict | 
                                             meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
     manager.close()
-    save_json(cfg, out_dir / CONFIG_FILE)
-    if tokenizer_meta is not None:
-        (out_dir / TOKENIZER_FILE).write_text(json.dumps(tokenizer_meta))
+    RunDir(out_dir).write_header(cfg, tokenizer_meta)
 
 
 def save_tree(folder: str | Path, tree) -> None:
@@ -141,14 +119,6 @@ def restore_tree(folder: str | Path, abstract=None):
                         "output folder") from None
     finally:
         checkpointer.close()
-
-
-def read_tokenizer_meta(run_dir: str | Path) -> dict | None:
-    """The run's tokenizer.json, or None if it has none."""
-    path = Path(run_dir) / TOKENIZER_FILE
-    if not path.is_file():
-        return None
-    return read_json_object(path, "restore it from a copy or use a new directory")
 
 
 def _closed_loop_report(unraisable) -> bool:
@@ -199,18 +169,6 @@ def _damaged(step: int, folder: Path, steps: list[int] | None = None) -> UserErr
     hint = f"pass --step with one of {others}, or " if others else ""
     return UserError(f"checkpoint step {step} in {folder} is damaged (a file is truncated or corrupt); "
                      f"{hint}delete {folder / str(step)} to fall back to an earlier one")
-
-
-def read_run_config(run_dir: str | Path) -> Config | None:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        return None
-    fix = "restore it or use a new train.out_dir"
-    d = read_json_object(path, fix)
-    try:
-        return validate(Config.from_dict(d))
-    except UserError as e:
-        raise UserError(f"{path} holds settings this jaxgpt cannot use ({e}); {fix}") from None
 
 
 def checkpoint_steps(run_dir: str | Path) -> list[int]:

@@ -27,7 +27,7 @@ from jaxgpt.model.lora import LoraConfig
 from jaxgpt.model.gpt import GPT, GPTClassifier
 from jaxgpt.tokenizer.kinds import Tokenizer, tokenizer_from_meta
 from jaxgpt.model.parts import combine, merged
-from jaxgpt.store.rundir import FROZEN_DIR, read_task
+from jaxgpt.store.rundir import RunDir
 from jaxgpt.tokenizer.kinds import GPT2Tokenizer
 
 JAXGPT, HF, OPENAI = convert.JAXGPT, convert.HF, convert.OPENAI
@@ -72,7 +72,7 @@ def detect(path: str | Path) -> str:
                         "Hugging Face or OpenAI GPT-2 download")
     if not p.is_dir():
         raise UserError(f"{p} is a file; pass the directory that holds the model's files")
-    if (p / "config.json").is_file() and (p / checkpoint.CHECKPOINT_DIR).is_dir():
+    if RunDir(p).has_checkpoints():
         return JAXGPT
     if (p / "config.json").is_file() and any((p / f).is_file() for f in convert.HF_WEIGHTS):
         return HF
@@ -92,14 +92,14 @@ def read_config(path: str | Path) -> ModelConfig:
         return convert.hf_model_config(p)
     if kind == OPENAI:
         return convert.openai_model_config(p)
-    return checkpoint.read_run_config(p).model
+    return RunDir(p).read_config().model
 
 
 def read_tokenizer_meta(path: str | Path) -> dict | None:
     """The tokenizer a model directory was trained with: saved metadata, else GPT-2's BPE for a
     vocabulary of 50,257 or more (OpenAI's and HF's GPT-2), else None (unknown)."""
     p, kind = Path(path), detect(path)
-    if kind == JAXGPT and (saved := checkpoint.read_tokenizer_meta(p)) is not None:
+    if kind == JAXGPT and (saved := RunDir(p).read_tokenizer()) is not None:
         return saved
     if kind == HF and (p / convert.TOKENIZER_COPY).is_file():
         return convert.read_json_object(p / convert.TOKENIZER_COPY, "download it again")
@@ -109,18 +109,19 @@ def read_tokenizer_meta(path: str | Path) -> dict | None:
 
 
 def _read_jaxgpt(p: Path, step: int | None):
-    cfg = checkpoint.read_run_config(p)
+    run = RunDir(p)
+    cfg = run.read_config()
     steps = checkpoint.checkpoint_steps(p)
     if cfg is None or not steps:
-        raise UserError(f"{p} holds no checkpoint (no {checkpoint.CONFIG_FILE} or {checkpoint.CHECKPOINT_DIR}/); "
+        raise UserError(f"{p} holds no checkpoint (no {run.config.name} or {run.checkpoints.name}/); "
                         "train one with `python train.py --train.out_dir=...` first")
     step = max(steps) if step is None else step
     if step not in steps:
         raise UserError(f"{p} has no checkpoint at step {step}; it has {sorted(steps)}")
-    task = read_task(p)
+    task = run.read_task()
     params = checkpoint.restore_params(p, step)
-    if (p / FROZEN_DIR).is_dir():  # a finetune: the weights it did not train are kept once
-        params = combine(params, checkpoint.restore_tree(p / FROZEN_DIR))
+    if run.frozen.is_dir():  # a finetune: the weights it did not train are kept once
+        params = combine(params, checkpoint.restore_tree(run.frozen))
     lora = task.get("lora") if task else None
     params = merged(params, LoraConfig(lora["rank"], lora["alpha"], tuple(lora["targets"])) if lora else None)
     return cfg, params, task, step

@@ -1,10 +1,11 @@
 """The one training engine: pretraining and every finetune run on it.
 
-A task (`Task`) is a loss function (loss.py), a data source (a batch for every step, fixed evaluation
-batches) and what it writes at the end. The engine does everything else, once for all of them: the mesh and
-the sharded state, the jitted step with donation, the progress line, evaluations, metrics.jsonl and plots,
+A task (`Task`, task.py) is a loss function (model/objectives.py), a data source (a batch for every step,
+fixed evaluation batches) and what it writes at the end. The engine does everything else, once for all of
+them: the mesh and the sharded state, the jitted step with donation, the progress line, evaluations,
 Orbax checkpoints (the latest N plus the best by validation loss), SIGTERM/Ctrl-C saves, exact resume
-after SIGKILL, the non-finite policy, the disk check and many processes.
+after SIGKILL, the non-finite policy and many processes. The run directory's files and rules are RunDir's
+(store/rundir.py).
 
 It comes in three pieces: `Engine(...)` builds (mesh, shardings, jitted steps) from a resolved config;
 `start`/`restore` give the state and the frozen weights; `run(task)` is the loop.
@@ -13,7 +14,6 @@ It comes in three pieces: `Engine(...)` builds (mesh, shardings, jitted steps) f
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import time
 from pathlib import Path
@@ -24,7 +24,6 @@ import numpy as np
 from flax import traverse_util
 
 from jaxgpt.store import checkpoint
-from jaxgpt import config as config_lib
 from jaxgpt import runtime
 from jaxgpt.model import lora as lora_lib
 from jaxgpt.train import sharding
@@ -38,57 +37,9 @@ from jaxgpt.report.board import Board, Profile
 from jaxgpt.config import parse_steps
 from jaxgpt.train.optim import lr_schedule, make_optimizer
 from jaxgpt.report.progress import Progress, flops_per_token, format_count, peak_flops
-from jaxgpt.store.rundir import FROZEN_DIR, RunFiles, check_out_dir, read_task, write_task
+from jaxgpt.store.rundir import RunDir
 from jaxgpt.train.steps import TrainState, eval_step, means, train_step
-
-
-
-class Task:
-    """What a kind of training adds to the engine. Subclasses set the attributes and override what they need."""
-
-    name = "pretrain"
-    plot_x = "step"  # x axis of loss.png: "step" or "tokens"
-    plots: tuple[tuple[str, str, str, str], ...] = ()  # more charts: (file, eval metric, title, y label)
-    settings: dict = {}  # task settings besides config.json that a resumed run must share
-    resumable: frozenset = frozenset()  # the settings that may change on resume
-    describe: dict = {}  # what task.json also records for loaders (labels, template, LoRA, ...)
-    summary = ""  # a few words on the data for the run's opening line
-
-    def batch(self, step: int) -> tuple:
-        """The global batch of `step`: arrays (or lazy readers with `shape` and `[index]`) of shape
-        (grad_accum, micro_batch, ...); a function of the seed and the step alone."""
-        raise NotImplementedError
-
-    def tokens(self, batch: tuple) -> int:
-        """Tokens one step processes (for tokens/s and MFU): by default the size of the first array."""
-        return int(np.prod(batch[0].shape))
-
-    def eval_sets(self) -> dict[str, list[tuple]]:
-        """Fixed evaluation batches (arrays (B, ...)) by name; "val" also picks the best checkpoint."""
-        return {}
-
-    def summarize(self, metrics: dict) -> dict:
-        """Add derived numbers (perplexity, ...) to an evaluation's means."""
-        return metrics
-
-    def extra_eval(self, engine: Engine, state: TrainState, frozen: dict) -> dict:
-        """More evaluation metrics, computed at every evaluation (e.g. HellaSwag accuracy)."""
-        return {}
-
-    def record(self, step: int) -> dict:
-        """Extra fields of every metrics.jsonl record (e.g. the epoch)."""
-        return {}
-
-    def begin(self, engine: Engine, state: TrainState, frozen: dict, resumed: bool) -> None:
-        """Called once the state exists, before the first step (e.g. to compute reference numbers)."""
-
-    def after_step(self, engine: Engine, state: TrainState, frozen: dict, step: int) -> bool:
-        """Called after every step; returns True if it spent time that is not training (a sample)."""
-        return False
-
-    def finish(self, engine: Engine, state: TrainState, frozen: dict):
-        """What the task writes once training has reached max_steps; returned by `run`."""
-        return None
+from jaxgpt.train.task import Task
 
 
 def _ordered(metrics: dict) -> dict:
@@ -203,41 +154,24 @@ class Engine:
     def check_run_dir(self, run_dir: str | Path, task: Task, tokenizer_meta: dict | None) -> None:
         """Refuse to continue a run directory whose model, data, optimiser or task settings differ (`run`
         checks too; calling it early refuses before any other work)."""
-        run_dir = check_out_dir(run_dir)
-        old = checkpoint.read_run_config(run_dir)
-        changed = [] if old is None else [d for d in config_lib.diff(old, self.cfg)
-                                          if d.split(":")[0] not in config_lib.RESUMABLE_KEYS]
-        saved = read_task(run_dir)
-        if saved is not None:
-            before = saved.get("settings", {})
-            changed += [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in task.settings.items()
-                        if k not in task.resumable and before.get(k) != v]
-            if saved.get("task") != task.name:
-                changed.insert(0, f"task: {saved.get('task')!r} -> {task.name!r}")
-        if changed:
-            raise UserError(f"{run_dir} holds a run with other settings ({'; '.join(changed)}); "
-                            "use a new output folder or the settings of the existing run")
-        saved_tok = checkpoint.read_tokenizer_meta(run_dir)
-        if saved_tok is not None and tokenizer_meta is not None and saved_tok != tokenizer_meta:
-            raise UserError(f"the tokenizer of the data differs from the one saved in "
-                            f"{run_dir / checkpoint.TOKENIZER_FILE}; use the run's data or a new output folder")
+        RunDir.check_path(run_dir).check_resume(self.cfg, task.name, task.settings, task.resumable, tokenizer_meta)
 
-    def _prepare_run_dir(self, run_dir: Path, progress: Progress, frozen_bytes: int) -> None:
-        if runtime.is_primary():  # one process looks after the run directory; the others wait for it
-            run_dir.mkdir(parents=True, exist_ok=True)
-            RunFiles(run_dir).check_disk(checkpoint.estimate_bytes(self.abstract_state), frozen_bytes)
-            for path in checkpoint.set_aside_partial(run_dir):
+    def _prepare_run_dir(self, run: RunDir, progress: Progress, frozen_bytes: int) -> None:
+        if run.primary:  # one process looks after the run directory; the others wait for it
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.check_disk(checkpoint.estimate_bytes(self.abstract_state), frozen_bytes)
+            for path in run.set_aside_partial():
                 progress.print(f"moved an unfinished checkpoint (the last run was killed while saving it) to {path}")
         runtime.barrier("jaxgpt:run_dir")
 
-    def _begin(self, run_dir: Path, ckpt: checkpoint.Checkpointer, given, progress: Progress):
+    def _begin(self, run: RunDir, ckpt: checkpoint.Checkpointer, given, progress: Progress):
         """(state, frozen, meta): restored from the latest checkpoint, or fresh (frozen weights saved)."""
         step = ckpt.latest_step()
-        frozen_dir = run_dir / FROZEN_DIR
+        frozen_dir = run.frozen
         if step is not None:
             state, meta = ckpt.restore(self.abstract_state, step)
             frozen = checkpoint.restore_tree(frozen_dir, self.abstract_frozen) if self.abstract_frozen else {}
-            progress.print(f"resuming from {run_dir}/{checkpoint.CHECKPOINT_DIR}/{step} (step {step})")
+            progress.print(f"resuming from {run.checkpoints}/{step} (step {step})")
             return state, frozen, meta
         state, frozen = self.start(given() if callable(given) else given)
         if self.abstract_frozen:
@@ -257,21 +191,18 @@ class Engine:
         self.check_run_dir(run_dir, task, tokenizer_meta)
         out = self.progress = Progress(tc.max_steps, progress, quiet=not primary)
         Board.check(tc.tensorboard)
-        self._prepare_run_dir(run_dir, out, checkpoint.estimate_bytes(self.abstract_frozen))
-        files = RunFiles(run_dir, primary)
+        files = RunDir(run_dir, primary)
+        self._prepare_run_dir(files, out, checkpoint.estimate_bytes(self.abstract_frozen))
         ckpt = checkpoint.Checkpointer(run_dir, tc.keep_checkpoints)
         self.board = Board(run_dir, False)
         try:  # the board stays open for what the task writes at the end (the final sample)
             try:
-                state, frozen, meta = self._begin(run_dir, ckpt, given, out)
+                state, frozen, meta = self._begin(files, ckpt, given, out)
                 self.board = Board(run_dir, tc.tensorboard, primary, purge_step=int(state.step) + 1)
                 task.begin(self, state, frozen, resumed=meta.get("tokens", 0) > 0 or int(state.step) > 0)
-                if primary:
-                    files.truncate_metrics(int(state.step))
-                    config_lib.save_json(self.cfg, run_dir / checkpoint.CONFIG_FILE)
-                    if tokenizer_meta is not None:
-                        (run_dir / checkpoint.TOKENIZER_FILE).write_text(json.dumps(tokenizer_meta))
-                    write_task(run_dir, {"task": task.name, "settings": task.settings, **task.describe})
+                files.truncate_metrics(int(state.step))
+                files.write_header(self.cfg, tokenizer_meta, {"task": task.name, "settings": task.settings,
+                                                              **task.describe})
                 procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
                 trains = "" if self.n_trainable == self.n_params else f" ({format_count(self.n_trainable)} trained)"
                 out.print(f"model: {format_count(self.n_params)} parameters{trains}, "
@@ -281,8 +212,7 @@ class Engine:
             finally:
                 ckpt.wait()  # an asynchronous save in flight must land, even when the run fails
                 ckpt.close()
-            if primary and files.metrics.exists():
-                files.plot(task.plot_x, task.plots)
+            files.plot(task.plot_x, task.plots)
             result = None
             if not stopped and int(state.step) >= tc.max_steps:
                 result = task.finish(self, state, frozen)
@@ -314,14 +244,14 @@ class Engine:
             return stop.signal is not None
         return done % self.cfg.train.log_interval == 0 and runtime.any_process(stop.signal is not None)
 
-    def _loop(self, task: Task, state, frozen, meta: dict, ckpt, files: RunFiles, progress: Progress):
+    def _loop(self, task: Task, state, frozen, meta: dict, ckpt, files: RunDir, progress: Progress):
         """Returns (state, whether a signal stopped the run)."""
         tc = self.cfg.train
         start = int(state.step)
         peak, fpt = peak_flops(), flops_per_token(self.model.config, self.n_params)
         peak = peak and peak * jax.process_count()  # tokens/s counts every process's share of the batch
-        tokens, skipped = meta["tokens"], int(state.skipped)
-        t0, t0_tokens = time.perf_counter(), tokens
+        seen, skipped = meta["tokens"], int(state.skipped)
+        t0, t0_seen = time.perf_counter(), seen
         sets = task.eval_sets()
         profile = Profile(self.run_dir, parse_steps(tc.profile_steps))
 
@@ -335,37 +265,37 @@ class Engine:
                 profile.before(step + 1)
                 state, metrics = self.train_step(state, self.put(batch), frozen)
                 if profile.after(step + 1, metrics):
-                    t0, t0_tokens = time.perf_counter(), tokens + task.tokens(batch)
-                tokens += task.tokens(batch)
+                    t0, t0_seen = time.perf_counter(), seen + task.batch_tokens(batch)
+                seen += task.batch_tokens(batch)
                 done = step + 1
                 if step == start:  # leave compilation out of the throughput figures
                     jax.block_until_ready(metrics)
-                    t0, t0_tokens = time.perf_counter(), tokens
+                    t0, t0_seen = time.perf_counter(), seen
                 if done % tc.log_interval == 0 or done == tc.max_steps:
                     m = jax.device_get(metrics)  # the only host sync between evaluations
-                    tps = (tokens - t0_tokens) / max(time.perf_counter() - t0, 1e-9)
+                    tps = (seen - t0_seen) / max(time.perf_counter() - t0, 1e-9)
                     skipped = self._check_finite(m, skipped, ckpt, progress)
                     mfu = tps * fpt / peak if peak else None
                     progress.update(done, f"loss {m['loss']:.4f} | {format_count(tps)} tok/s"
                                     + (f" | MFU {100 * mfu:.0f}%" if mfu is not None else ""), start)
                     kept = {k: float(v) for k, v in _ordered(m).items() if k not in ("skipped", "first_skipped")}
-                    emit({"step": done, **task.record(done), "tokens": tokens, **kept, "lr": float(self.schedule(step)),
+                    emit({"step": done, **task.record(done), "tokens": seen, **kept, "lr": float(self.schedule(step)),
                           "tokens_per_s": tps, **({"mfu": mfu} if mfu is not None else {}),
                           **({"skipped": skipped} if skipped else {})})
-                    t0, t0_tokens = time.perf_counter(), tokens
+                    t0, t0_seen = time.perf_counter(), seen
                 if done % tc.eval_interval == 0 or done == tc.max_steps:
                     last = self.last_eval = task.summarize({**self.evaluate(state.params, frozen, sets),
                                                             **task.extra_eval(self, state, frozen)})
                     best = min(last.get("val_loss", float("inf")), meta["best_val"] or float("inf"))
-                    meta = {"tokens": tokens, "best_val": best if best < float("inf") else None}
+                    meta = {"tokens": seen, "best_val": best if best < float("inf") else None}
                     progress.print(f"step {done}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in last.items()))
-                    emit({"step": done, **task.record(done), "tokens": tokens, **last})
+                    emit({"step": done, **task.record(done), "tokens": seen, **last})
                     ckpt.save(done, state, meta, last.get("val_loss"))
-                    t0, t0_tokens = time.perf_counter(), tokens  # evaluation is not training throughput
+                    t0, t0_seen = time.perf_counter(), seen  # evaluation is not training throughput
                 if task.after_step(self, state, frozen, done):
-                    t0, t0_tokens = time.perf_counter(), tokens
+                    t0, t0_seen = time.perf_counter(), seen
                 if self._stop_requested(stop, done):
-                    ckpt.save(done, state, {**meta, "tokens": tokens})
+                    ckpt.save(done, state, {**meta, "tokens": seen})
                     how = f"signal {stop.signal}" if stop.signal else "a signal to another process"
                     progress.print(f"stopped by {how} at step {done}; checkpoint saved, "
                                    "run the same command again to resume")

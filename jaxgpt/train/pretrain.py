@@ -9,7 +9,6 @@ and samples.txt. Rerunning on the same directory resumes from the latest checkpo
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,14 +19,14 @@ from jaxgpt.model import objectives
 from jaxgpt.model import gpt
 from jaxgpt.train import sharding
 from jaxgpt.data import dataset
-from jaxgpt.config import Config
-from jaxgpt.train.engine import Engine, Task
-from jaxgpt.store.rundir import check_out_dir
+from jaxgpt.config import Config, ModelConfig
+from jaxgpt.train.engine import Engine
+from jaxgpt.train.task import Task
 from jaxgpt.errors import UserError
 from jaxgpt.model.gpt import GPT
-from jaxgpt.store.rundir import RunFiles
+from jaxgpt.store.rundir import RunDir
 from jaxgpt.model.sampling import generate
-from jaxgpt.tokenizer.kinds import Tokenizer, tokenizer_from_meta
+from jaxgpt.tokenizer.kinds import Tokenizer
 from jaxgpt.eval.hellaswag import hellaswag
 from jaxgpt.eval.hellaswag import read_hellaswag
 from jaxgpt.store.loader import fit_context, load_pretrained
@@ -55,10 +54,12 @@ def _adopt_pretrained(cfg: Config, tokenizer_meta: dict, vocab_size: int) -> Con
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **shape))
 
 
-def resolve(cfg: Config, prepared: dataset.TokenData) -> Config:
-    """The run's config with what the data and `train.init_from` decide: the vocabulary (or the pretrained
-    model's shape); refused in one line when a split has no shard long enough for one window."""
-    tokenizer = tokenizer_from_meta(prepared.tokenizer_meta)
+def resolve(cfg: Config, prepared: dataset.TokenData, micro_batch: int) -> tuple[Config, ModelConfig]:
+    """What the data, `train.init_from` and this backend decide, once: the vocabulary (or the pretrained
+    model's shape), then the attention kernel. Returns the run's config (as config.json records it, its
+    attention setting as given) and the model config the model runs with. Refused in one line when a split
+    has no shard long enough for one window."""
+    tokenizer = prepared.tokenizer
     if cfg.train.init_from:  # the pretrained model fixes the shape; dropout, dtypes and context stay ours
         cfg = _adopt_pretrained(cfg, prepared.tokenizer_meta, tokenizer.vocab_size)
     else:  # the vocabulary belongs to the data: the output layer is sized from the tokenizer
@@ -69,7 +70,7 @@ def resolve(cfg: Config, prepared: dataset.TokenData) -> Config:
             raise UserError(f"the {name} split has {prepared.count(split)} tokens (its longest shard {longest}) but "
                             f"one window needs {cfg.model.block_size + 1}; lower model.block_size or use a longer "
                             "corpus")
-    return cfg
+    return cfg, gpt.for_backend(cfg.model, micro_batch)
 
 
 def prompt_ids(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -93,8 +94,8 @@ class Pretrain(Task):
 
     def __init__(self, cfg: Config, prepared: dataset.TokenData, model: GPT, micro_batch: int, hellaswag=()):
         self.cfg, self.data, self.model, self.micro_batch = cfg, prepared, model, micro_batch
-        self.tokenizer = tokenizer_from_meta(prepared.tokenizer_meta)
-        self.files = RunFiles(Path(cfg.train.out_dir), runtime.is_primary())
+        self.tokenizer = prepared.tokenizer
+        self.files = RunDir(cfg.train.out_dir, runtime.is_primary())
         self.summary = f"data: {prepared.summary}"
         self.hellaswag = list(hellaswag)
         if self.hellaswag:  # checked now, not at the first evaluation
@@ -111,7 +112,7 @@ class Pretrain(Task):
         tc, T = self.cfg.train, self.cfg.model.block_size
         return (dataset.batch_windows(self.data.train, (tc.grad_accum, self.micro_batch), T, tc.seed, step),)
 
-    def tokens(self, batch: tuple) -> int:
+    def batch_tokens(self, batch: tuple) -> int:
         return int(np.prod(batch[0].shape[:-1])) * self.cfg.model.block_size
 
     def eval_sets(self) -> dict[str, list[tuple]]:
@@ -162,7 +163,7 @@ class Trainer:
         cfg = config_lib.validate(cfg)
         runtime.start(cfg.dist, cfg.train.compile_cache, cfg.train.tensorboard)  # before any device is touched
         tc = cfg.train
-        check_out_dir(tc.out_dir)  # what can be refused is refused before the data is prepared
+        RunDir.check_path(tc.out_dir)  # what can be refused is refused before the data is prepared
         sharding.check_batch(sharding.make_mesh(cfg.mesh, devices), tc.batch_size // tc.grad_accum)
         hellaswag = ()
         if tc.hellaswag:
@@ -172,11 +173,9 @@ class Trainer:
         self.data = dataset.open_data(cfg.data.source, cfg.data.tokenizer, cfg.data.cache_dir, cfg.data.val_fraction)
         if runtime.is_primary():
             runtime.barrier("jaxgpt:prepare")
-        self.tokenizer = tokenizer_from_meta(self.data.tokenizer_meta)
-        prompt_ids(self.tokenizer, tc.sample_prompt)  # a prompt that cannot be used is found now, not after training
-        self.cfg = resolve(cfg, self.data)
-        micro = tc.batch_size // tc.grad_accum
-        self.model = GPT(gpt.resolve(self.cfg.model, micro))
+        prompt_ids(self.data.tokenizer, tc.sample_prompt)  # an unusable prompt is found now, not after training
+        self.cfg, model_cfg = resolve(cfg, self.data, tc.batch_size // tc.grad_accum)
+        self.model = GPT(model_cfg)
         self.engine = Engine(self.cfg, self.model, objectives.language_model(self.model), devices=devices)
         self.task = Pretrain(self.cfg, self.data, self.model, self.engine.micro_batch, hellaswag)
         self.engine.check_run_dir(tc.out_dir, self.task, self.data.tokenizer_meta)
