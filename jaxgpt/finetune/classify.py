@@ -23,7 +23,7 @@ from jaxgpt.config import TrainConfig
 from jaxgpt.errors import UserError
 from jaxgpt.finetune.config import TRAINABLE, FinetuneConfig, train_defaults
 from jaxgpt.store.rundir import RunDir
-from jaxgpt.finetune import common
+from jaxgpt.finetune import common, crop
 from jaxgpt.model.gpt import GPTClassifier
 from jaxgpt.tokenizer.kinds import Tokenizer
 from jaxgpt.tokenizer.base import describe_characters
@@ -153,11 +153,13 @@ class Classify(common.Finetune):
     name = TASK
     plots = (("accuracy.png", "accuracy", "classifier accuracy", "accuracy"),)
 
-    def __init__(self, cfg: ClassifyConfig, names: list[str], splits: dict[str, Split], model: GPTClassifier):
+    def __init__(self, cfg: ClassifyConfig, names: list[str], splits: dict[str, Split], model: GPTClassifier,
+                 counts: dict[str, crop.Counts]):
         super().__init__(cfg, len(splits["train"].labels), lambda idx: _rows(splits["train"], idx, len(idx)))
         self.names, self.splits, self.model = names, splits, model
+        self.data = {name: c.record() for name, c in counts.items()}
         self.describe = {"labels": names, "max_length": int(splits["train"].tokens.shape[1]),
-                         "lora": common.lora_record(cfg)}
+                         "lora": common.lora_record(cfg), "data": self.data}
 
     def eval_sets(self) -> dict[str, list[tuple]]:
         micro = self.engine.micro_batch
@@ -182,7 +184,7 @@ class Classify(common.Finetune):
                    "majority_baseline": float(np.bincount(test.labels).max() / len(test.labels)),
                    "confusion_matrix": confusion.tolist(), "max_length": self.describe["max_length"],
                    "examples": {k: len(s.labels) for k, s in self.splits.items()},
-                   "truncated": {k: s.truncated for k, s in self.splits.items()},
+                   "truncated": {k: s.truncated for k, s in self.splits.items()}, "data": self.data,
                    "evaluations": RunDir(engine.run_dir).evaluations()}
         common.finish(engine, results, f"test accuracy {results['test_accuracy']:.3f} (majority class "
                       f"{results['majority_baseline']:.3f}); confusion matrix (rows: true {self.names}) "
@@ -211,10 +213,14 @@ def finetune(cfg: ClassifyConfig, devices=None) -> dict | None:
     longest = max(len(tokenizer.encode(t)) for _, t in items["train"])
     max_length = cfg.max_length or min(longest, model_cfg.block_size)
     splits = {k: encode(v, tokenizer, max_length, cfg.truncate) for k, v in items.items()}
+    # Every example teaches (read_labeled refuses an empty text): one trained target each, its class.
+    counts = {name: crop.Counts(examples=len(splits[name].labels), trained_tokens=len(splits[name].labels),
+                                cropped=splits[name].truncated) for name in ("train", "val")}
     model = GPTClassifier(common.resolved(model_cfg, cfg), len(names))
-    task = Classify(cfg, names, splits, model)
+    task = Classify(cfg, names, splits, model, counts)
     print(f"{len(names)} classes {names}; train/val/test {[len(s.labels) for s in splits.values()]} examples of "
-          f"at most {max_length} tokens ({sum(s.truncated for s in splits.values())} truncated)")
+          f"at most {max_length} tokens ({sum(s.truncated for s in splits.values())} truncated); "
+          f"{crop.describe(counts)}")
     run_cfg = common.run_config(cfg, model_cfg, tokenizer.name, path, task.max_steps, task.steps_per_epoch)
     return common.train(task, cfg, run_cfg, model, objectives.classifier(model, common.parts(cfg).lora), path,
                         tokenizer.meta(), lambda: {"gpt": common.base_params(cfg, model_cfg)}, devices)

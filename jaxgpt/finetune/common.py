@@ -107,6 +107,7 @@ class Finetune(Task):
 
     plot_x = "step"
     resumable = config.RESUMABLE
+    added = config.ADDED
 
     def __init__(self, cfg: FinetuneConfig, n_train: int, make: Callable[[np.ndarray], tuple]):
         self.cfg, self.n_train, self.make = cfg, n_train, make

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from jaxgpt.config import Config, DistConfig, MeshConfig, TrainConfig, validate
 from jaxgpt.errors import UserError
+from jaxgpt.finetune.crop import CROPS
 
 TRAINABLE = ("head", "last_blocks", "all", "lora")
 
@@ -49,6 +50,7 @@ class FinetuneConfig:
     dropout: float = 0.0  # the model's dropout while finetuning
     max_length: int = 0  # longest example in tokens; 0 = the longest in the data, at most the context
     truncate: bool = True  # cut examples longer than max_length (and count them); False refuses them
+    crop: str = "right"  # which end of a too-long example is cut: "right" (its end) or "prompt-left" (keeps the response)
     val_fraction: float = 0.1  # of the examples, after shuffling with seed
     test_fraction: float = 0.2  # of the examples, scored after training
 
@@ -75,6 +77,9 @@ class FinetuneConfig:
         return {**{k: getattr(self.train, k) for k in TRAIN_SETTINGS}, **own}
 
 
+# Settings added since runs were first written, with the value a run that does not record them had.
+ADDED = {"crop": "right"}
+
 # Settings a resumed finetune may change: how long it runs, what it reports, and where it runs.
 RESUMABLE = frozenset({"epochs", "out_dir", "overwrite", "log_interval", "eval_interval", "keep_checkpoints",
                        "skip_nonfinite", "progress", "mesh", "dist", "max_new_tokens", "score_base", "tensorboard",
@@ -98,6 +103,8 @@ def check(cfg: FinetuneConfig, allowed: tuple[str, ...]) -> None:
         raise UserError(f"--max-length must not be negative, got {cfg.max_length}")
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.crop not in CROPS:
+        raise UserError(f"--crop must be one of {', '.join(CROPS)}, got {cfg.crop!r}")
     if cfg.trainable not in allowed:
         raise UserError(f"--trainable must be one of {', '.join(allowed)}, got {cfg.trainable!r}")
     for key in ("val_fraction", "test_fraction"):

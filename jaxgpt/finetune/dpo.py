@@ -27,7 +27,7 @@ from jaxgpt.errors import UserError
 from jaxgpt.finetune.config import FinetuneConfig, train_defaults
 from jaxgpt.store.rundir import RunDir
 from jaxgpt.files import write_atomic, write_json
-from jaxgpt.finetune import common, instruct, scoring, tasks
+from jaxgpt.finetune import common, crop, instruct, scoring, tasks
 from jaxgpt.model.gpt import GPT
 
 TASK = "dpo"
@@ -65,14 +65,36 @@ def read_pairs(path: str) -> list[dict[str, str]]:
     return out
 
 
+def fit_pairs(rows, prompts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]], max_length: int,
+              how: str = "right") -> tuple[np.ndarray, crop.Counts, list[list[int]]]:
+    """The rows whose pair still teaches within `max_length` tokens (both responses train a target, and the
+    two differ there), the counts, and the prompts cropped (`how`, against the longer response)."""
+    prompts, counts, kept = list(prompts), crop.Counts(), []
+    for i in rows:
+        counts.longest_prompt = max(counts.longest_prompt, len(prompts[i]))
+        longer = max(chosen[i], rejected[i], key=len)
+        prompts[i], _, prompt_cut = crop.fit(prompts[i], longer, max_length, how)
+        fits = [crop.fit(prompts[i], r, max_length, "right") for r in (chosen[i], rejected[i])]
+        read = [[*prompts[i], *r, -1][:max_length + 1] for r in (chosen[i], rejected[i])]  # -1: end-of-text
+        if not all(tokens for _, tokens, _ in fits):
+            counts.drop("with the prompt filling the context")
+        elif read[0] == read[1]:
+            counts.drop("with chosen and rejected the same within the context")
+        else:
+            counts.keep(sum(tokens for _, tokens, _ in fits), prompt_cut)
+            kept.append(i)
+    return np.array(kept, dtype=np.asarray(rows).dtype), counts, prompts
+
+
 class DPO(common.Finetune):
     name = TASK
     plots = (("rewards.png", "reward_accuracy", "DPO reward accuracy", "chosen preferred"),
              ("margins.png", "reward_margin", "DPO reward margin", "chosen - rejected reward"))
 
     def __init__(self, cfg: DPOConfig, pairs, split, prompts, chosen, rejected, tokenizer, model: GPT,
-                 max_length: int):
+                 max_length: int, counts: dict[str, crop.Counts]):
         self.pairs, self.split, self.tokenizer, self.model = pairs, split, tokenizer, model
+        self.data = {name: c.record() for name, c in counts.items()}
         eot = tokenizer.eot_id
 
         def sequences(rows):  # (tokens, targets) of shape (B, 2, W): chosen then rejected, prompts masked
@@ -97,7 +119,7 @@ class DPO(common.Finetune):
             return x, y, ref, w
 
         super().__init__(cfg, len(split["train"]), make)
-        self.describe = {"template": "alpaca", "lora": common.lora_record(cfg), "beta": cfg.beta}
+        self.describe = {"template": "alpaca", "lora": common.lora_record(cfg), "beta": cfg.beta, "data": self.data}
 
     def eval_sets(self) -> dict[str, list[tuple]]:
         micro = self.engine.micro_batch
@@ -136,7 +158,7 @@ class DPO(common.Finetune):
                                          lambda idx: self.make(idx, self.split["test"], micro))}
         results = {"test": {k.removeprefix("test_"): v for k, v in
                             engine.evaluate(state.params, frozen, test_set).items()},
-                   "examples": {k: len(v) for k, v in self.split.items()},
+                   "examples": {k: len(v) for k, v in self.split.items()}, "data": self.data,
                    "evaluations": RunDir(engine.run_dir).evaluations()}
         test = [self.pairs[i] for i in self.split["test"]]
         prompts = [p["prompt"] for p in test]
@@ -186,10 +208,14 @@ def finetune(cfg: DPOConfig, devices=None) -> dict | None:
     longest = max(len(p) + max(len(c), len(r)) + 1 for p, c, r in zip(prompts, chosen, rejected))
     if longest > max_length and not cfg.truncate:
         raise UserError(f"some pairs are longer than {max_length} tokens; raise --max-length or allow --truncate")
+    counts, cropped = {}, list(prompts)
+    for name in ("train", "val", "test"):  # the test pairs are scored by reward accuracy too
+        split[name], counts[name], cropped = fit_pairs(split[name], cropped, chosen, rejected, max_length, cfg.crop)
+    crop.require(counts, max_length, "pairs")
     model = GPT(common.resolved(model_cfg, cfg))
-    task = DPO(cfg, pairs, split, prompts, chosen, rejected, tokenizer, model, max_length)
+    task = DPO(cfg, pairs, split, cropped, chosen, rejected, tokenizer, model, max_length, counts)
     print(f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test preference pairs; beta "
-          f"{cfg.beta}")
+          f"{cfg.beta}; {crop.describe(counts)}")
     run_cfg = common.run_config(cfg, model_cfg, tokenizer.name, path, task.max_steps, task.steps_per_epoch)
     return common.train(task, cfg, run_cfg, model, objectives.preference(model, cfg.beta, common.parts(cfg).lora), path,
                         tokenizer.meta(), lambda: common.base_params(cfg, model_cfg), devices)

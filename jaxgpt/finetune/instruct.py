@@ -23,7 +23,7 @@ from jaxgpt.errors import UserError
 from jaxgpt.finetune.config import FinetuneConfig, train_defaults
 from jaxgpt.store.rundir import RunDir
 from jaxgpt.files import write_json
-from jaxgpt.finetune import common, scoring, tasks
+from jaxgpt.finetune import common, crop, scoring, tasks
 from jaxgpt.model.losses import IGNORE_INDEX
 from jaxgpt.model.gpt import GPT
 from jaxgpt.model.sampling import generate
@@ -154,6 +154,22 @@ def split_entries(n: int, cfg: FinetuneConfig) -> dict[str, np.ndarray]:
     return split
 
 
+def fit_examples(rows: np.ndarray, prompts: list[list[int]], responses: list[list[int]], max_length: int,
+                 cfg: InstructConfig) -> tuple[np.ndarray, crop.Counts]:
+    """The rows that train at least one target within `max_length` tokens, and the counts; `prompts` is
+    updated to the cropped prompts (`--crop`)."""
+    counts, kept = crop.Counts(), []
+    for i in rows:
+        counts.longest_prompt = max(counts.longest_prompt, len(prompts[i]))
+        prompts[i], tokens, cut = crop.fit(prompts[i], responses[i], max_length, cfg.crop, cfg.mask_prompt)
+        if tokens:
+            counts.keep(tokens, cut)
+            kept.append(i)
+        else:
+            counts.drop("with the prompt filling the context")
+    return np.array(kept, dtype=rows.dtype), counts
+
+
 def needs_eot(tokenizer: Tokenizer, init_from: str) -> None:
     if tokenizer.eot_id is None:
         raise UserError(f"the model in {init_from} uses the {tokenizer.name} tokenizer, which has no "
@@ -171,8 +187,9 @@ class Instruct(common.Finetune):
     name = TASK
 
     def __init__(self, cfg: InstructConfig, entries, split, prompts, seqs, tokenizer: Tokenizer, max_length: int,
-                 truncated: int):
+                 truncated: int, counts: dict[str, crop.Counts]):
         self.entries, self.split, self.tokenizer, self.truncated = entries, split, tokenizer, truncated
+        self.data = {name: c.record() for name, c in counts.items()}
 
         def make(idx, rows=split["train"]):
             pl = [len(prompts[rows[i]]) for i in idx] if cfg.mask_prompt else None
@@ -180,7 +197,7 @@ class Instruct(common.Finetune):
 
         super().__init__(cfg, len(split["train"]), make)
         self.make_val = lambda idx: make(idx, split["val"])
-        self.describe = {"template": "alpaca", "lora": common.lora_record(cfg)}
+        self.describe = {"template": "alpaca", "lora": common.lora_record(cfg), "data": self.data}
 
     def eval_sets(self) -> dict[str, list[tuple]]:
         micro = self.engine.micro_batch
@@ -201,7 +218,8 @@ class Instruct(common.Finetune):
             base = scoring.score(respond(model_cfg, common.base_params(cfg, model_cfg), self.tokenizer, prompts,
                                        cfg.max_new_tokens), [e["output"] for e in test])
         results = {"test": score, "base_test": base, "examples": {k: len(v) for k, v in self.split.items()},
-                   "truncated": self.truncated, "evaluations": RunDir(engine.run_dir).evaluations()}
+                   "truncated": self.truncated, "data": self.data,
+                   "evaluations": RunDir(engine.run_dir).evaluations()}
         answered = [{**e, "model_response": r} for e, r in zip(test, responses)]
         if runtime.is_primary():
             if not cfg.data:  # the generated set is an input too: keep it beside its responses
@@ -229,15 +247,21 @@ def finetune(cfg: InstructConfig, devices=None) -> dict | None:
         raise UserError(f"--max-length={max_length} exceeds the model's context of {model_cfg.block_size}")
     split = split_entries(len(entries), cfg)
     prompts = [tokenizer.encode(format_prompt(e)) for e in entries]
-    seqs = [p + tokenizer.encode(e["output"]) for p, e in zip(prompts, entries)]
-    too_long = sum(len(seqs[i]) + 1 > max_length for i in np.concatenate([split["train"], split["val"]]))
+    responses = [tokenizer.encode(e["output"]) for e in entries]
+    too_long = sum(len(prompts[i]) + len(responses[i]) + 1 > max_length
+                   for i in np.concatenate([split["train"], split["val"]]))
     if too_long and not cfg.truncate:
         raise UserError(f"{too_long} examples are longer than {max_length} tokens; "
                         "raise --max-length or allow --truncate")
+    counts = {}
+    for name in ("train", "val"):  # the test split is prompted, not trained on
+        split[name], counts[name] = fit_examples(split[name], prompts, responses, max_length, cfg)
+    crop.require(counts, max_length)
+    seqs = [p + r for p, r in zip(prompts, responses)]
     model = GPT(common.resolved(model_cfg, cfg))
-    task = Instruct(cfg, entries, split, prompts, seqs, tokenizer, max_length, int(too_long))
+    task = Instruct(cfg, entries, split, prompts, seqs, tokenizer, max_length, int(too_long), counts)
     print(f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test examples; "
-          f"{too_long} longer than {max_length} tokens are cut")
+          f"{too_long} longer than {max_length} tokens are cut; {crop.describe(counts)}")
     run_cfg = common.run_config(cfg, model_cfg, tokenizer.name, path, task.max_steps, task.steps_per_epoch)
     return common.train(task, cfg, run_cfg, model, objectives.language_model(model, common.parts(cfg).lora), path,
                         tokenizer.meta(), lambda: common.base_params(cfg, model_cfg), devices)

@@ -105,14 +105,16 @@ class RunDir:
         return RunDir(path)
 
     def check_resume(self, cfg: Config, task: str, settings: dict, resumable: frozenset,
-                     tokenizer_meta: dict | None) -> None:
-        """Refuse to continue a run whose model, data, optimiser or task settings differ from these."""
+                     tokenizer_meta: dict | None, added: dict | None = None) -> None:
+        """Refuse to continue a run whose model, data, optimiser or task settings differ from these; a
+        setting in `added` that the run does not record had the value given there."""
         old = self.read_config()
         changed = [] if old is None else [d for d in config_lib.diff(old, cfg)
                                           if d.split(":")[0] not in config_lib.RESUMABLE_KEYS]
         saved = self.read_task()
         if saved is not None:
             before = saved.get("settings", {})
+            before = {**(added or {}), **before}
             changed += [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in settings.items()
                         if k not in resumable and before.get(k) != v]
             if saved.get("task") != task:

@@ -154,7 +154,8 @@ class Engine:
     def check_run_dir(self, run_dir: str | Path, task: Task, tokenizer_meta: dict | None) -> None:
         """Refuse to continue a run directory whose model, data, optimiser or task settings differ (`run`
         checks too; calling it early refuses before any other work)."""
-        RunDir.check_path(run_dir).check_resume(self.cfg, task.name, task.settings, task.resumable, tokenizer_meta)
+        RunDir.check_path(run_dir).check_resume(self.cfg, task.name, task.settings, task.resumable, tokenizer_meta,
+                                                task.added)
 
     def _prepare_run_dir(self, run: RunDir, progress: Progress, frozen_bytes: int) -> None:
         if run.primary:  # one process looks after the run directory; the others wait for it

@@ -17,6 +17,7 @@ class Task:
     plots: tuple[tuple[str, str, str, str], ...] = ()  # more charts: (file, eval metric, title, y label)
     settings: dict = {}  # task settings besides config.json that a resumed run must share
     resumable: frozenset = frozenset()  # the settings that may change on resume
+    added: dict = {}  # settings newer than some runs, with the value such a run had
     describe: dict = {}  # what task.json also records for loaders (labels, template, LoRA, ...)
     summary = ""  # a few words on the data for the run's opening line
 
