@@ -9,7 +9,7 @@ writes logs, plots and samples; every process takes part in Orbax's checkpoints.
 Where the settings come from, first found wins: `dist.*` in the config, then JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID, or with `dist.auto` JAX's own detection (Cloud TPU, SLURM, Open MPI,
 Kubernetes). With none of them the run is one process and nothing is set up. `StopFlag` turns SIGTERM and
-Ctrl-C into a request to stop at the next step boundary (the processes agree on the step, see engine.py).
+Ctrl-C into a request to stop at the next step boundary (the processes agree on the step, see train/engine.py).
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ CASES = [
          lambda e: (_truncate_largest_checkpoint_file(e.run_copy()), e.resume("--train.max_steps=20"))[1],
          "is damaged (a file is truncated or corrupt); delete"),
     # The same run directory, new data: the tokenizer (and with it the vocabulary) differs. The gpt2
-    # cache of the corpus is prepared first (trainer.py compares after preparing): allowed, as above.
+    # cache of the corpus is prepared first (train/pretrain.py compares after preparing): allowed, as above.
     Case("train-resume-other-tokenizer", "train",
          lambda e: (e.run_copy(), e.resume("--data.tokenizer=gpt2"))[1],
          "data.tokenizer: 'char' -> 'gpt2'", new_ok=("data",)),

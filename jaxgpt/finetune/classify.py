@@ -3,7 +3,7 @@
 The model is `GPTClassifier`: the GPT with its output layer replaced by an n-class head read at each
 example's last real token. Data: a CSV/TSV file with a label and a text column, or a headerless
 `label<TAB>text` file such as the UCI SMS Spam Collection as distributed. Without a file, the embedded
-task tells passages of Shakespeare's comedies from his tragedies. Training runs on the engine (engine.py);
+task tells passages of Shakespeare's comedies from his tragedies. Training runs on the engine (train/engine.py);
 the output folder is then read by `jaxgpt.store.loader.load` (`classify` below, `jaxgpt sample` for the backbone).
 """
 

@@ -1,7 +1,7 @@
 """What every finetune shares: the output folder's life cycle, the pretrained base, epochs as engine steps,
 and the run on the training engine (its settings are config.py's).
 
-A finetune is a `Finetune` task (engine.py) over a list of examples: steps are batches of a fresh shuffle
+A finetune is a `Finetune` task (train/task.py) over a list of examples: steps are batches of a fresh shuffle
 per epoch, so step `i`'s batch depends only on the seed and `i`, and a killed finetune resumes exactly. Its
 output folder is an engine run directory (config.json, task.json, checkpoints/, frozen/, metrics.jsonl,
 plots) that also receives the task's results at the end and is read back by `jaxgpt.store.loader.load`.

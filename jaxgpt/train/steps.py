@@ -1,6 +1,6 @@
 """Pure training and evaluation steps: `train_step(state, batch, frozen) -> (state, metrics)` and `eval_step`.
 
-One step serves every objective: the loss function (see loss.py) is bound with `functools.partial`, like the
+One step serves every objective: the loss function (see model/objectives.py) is bound with `functools.partial`, like the
 optimiser and the seed, before `jax.jit`; see engine.py for the shardings and donation. Nothing here touches
 files or the terminal. `frozen` holds the weights that do not train (none when pretraining); it is an
 argument rather than part of the state so that checkpoints and the optimizer never carry it.
