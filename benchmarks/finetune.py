@@ -17,11 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt.config import load_config_file  # noqa: E402
-
-from jaxgpt.recipe import apply_overrides
 from jaxgpt.finetune import classify, dpo, instruct, scoring, tasks  # noqa: E402
-from jaxgpt.train.pretrain import train
+from jaxgpt.recipe import apply_overrides, load_config_file  # noqa: E402
+from jaxgpt.train.pretrain import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +54,7 @@ def main() -> None:
         t0 = time.perf_counter()
         extra = dict(per_class=40) if args.quick else {}
         if trainable == "lora":  # adapters start from zero and are few: they take a larger step
-            extra["learning_rate"] = 10 * classify.ClassifyConfig.learning_rate
+            extra["learning_rate"] = 10 * classify.ClassifyConfig().train.learning_rate
         r = classify.finetune(classify.ClassifyConfig.of(out_dir=str(out / f"classify_{trainable}"), trainable=trainable,
                                                       **common, **extra))
         rows.append(f"| classify (comedy vs tragedy), {trainable} | test accuracy {r['test_accuracy']:.3f} | "
@@ -65,7 +63,7 @@ def main() -> None:
         t0 = time.perf_counter()
         extra = dict(n_tasks=60, max_new_tokens=8) if args.quick else {}
         if trainable == "lora":
-            extra["learning_rate"] = 5 * instruct.InstructConfig.learning_rate
+            extra["learning_rate"] = 5 * instruct.InstructConfig().train.learning_rate
         cfg = instruct.InstructConfig.of(out_dir=str(out / f"instruct_{trainable}"), trainable=trainable,
                                       score_base=trainable == "all", **common, **extra)
         r = instruct.finetune(cfg)

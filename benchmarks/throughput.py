@@ -26,7 +26,7 @@ from jaxgpt import config as config_lib
 from jaxgpt import recipe
 from jaxgpt.model import objectives
 from jaxgpt.train.engine import Engine
-from jaxgpt.model.gpt import GPT, resolve
+from jaxgpt.model.gpt import GPT, for_backend
 from jaxgpt.report.progress import flops_per_token, peak_flops
 from jaxgpt.model.sampling import generate
 
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     tc, T = cfg.train, mcfg.block_size
 
     cfg = dataclasses.replace(cfg, model=mcfg)
-    model = GPT(resolve(mcfg, tc.batch_size // tc.grad_accum))  # the attention kernel decided as train.py does
+    model = GPT(for_backend(mcfg, tc.batch_size // tc.grad_accum))  # the attention kernel decided as train.py does
     engine = Engine(cfg, model, objectives.language_model(model))  # the real step: mesh, shardings, donation
     state, frozen = engine.start()
     rng = np.random.default_rng(0)

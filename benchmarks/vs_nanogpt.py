@@ -9,8 +9,8 @@ as jaxgpt's), the head tied to the token embedding, GPT-2's initialisation, and 
 matrices only (nanoGPT's two groups, `foreach`), the recipe's warmup + cosine schedule and global-norm
 clipping; eager float32, as nanoGPT runs on a CPU; a recipe's `grad_accum` micro-batches as nanoGPT takes
 them (each micro-batch's loss / grad_accum, backward, summed). jaxgpt's side is `Trainer` (the run's own
-engine and jitted step). Both train on the recipe's token file (`data.prepare`) with the same batches
-(data.get_batch, seeded by the step).
+engine and jitted step). Both train on the recipe's token file (`data.cache.prepare`) with the same batches
+(data.windows.get_batch, seeded by the step).
 
 Each side runs in a process of its own and is warmed up (jaxgpt compiles there); then, round after
 round, each runs --steps consecutive steps, the sides taking turns (the order reverses every round), and

@@ -16,8 +16,8 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from common import setup, windows
+
 from jaxgpt import Config, Engine, Task, TrainConfig
 from jaxgpt.data.windows import get_batch
 

@@ -18,8 +18,8 @@ import argparse
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
 from common import setup
+
 from jaxgpt.model.gpt import Block
 
 

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from common import setup, windows
 from inside import residuals
 

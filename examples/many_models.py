@@ -15,8 +15,8 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-
 from common import setup, windows
+
 from jaxgpt import TrainConfig, TrainState, init_params, language_model, train_step
 from jaxgpt.train.optim import make_optimizer
 

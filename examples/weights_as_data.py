@@ -13,8 +13,8 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-
 from common import setup, windows
+
 from jaxgpt.model import lora
 from jaxgpt.model.objectives import mean_loss
 

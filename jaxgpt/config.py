@@ -62,7 +62,7 @@ PRESETS: dict[str, ModelConfig] = {
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "shakespeare"  # "shakespeare" (embedded), a text file, or a folder of .txt files
-    tokenizer: str = "char"  # "char", "gpt2" or "simple"
+    tokenizer: str = "char"  # "char", "gpt2", "simple", or a folder from `jaxgpt tokenizer train`
     val_fraction: float = 0.1  # of every document (its end) held out for validation
     cache_dir: str = "data"  # prepared token files are kept here and reused
 

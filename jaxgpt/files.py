@@ -13,7 +13,6 @@ from pathlib import Path
 
 from jaxgpt.errors import UserError
 
-
 OUTPUT_MARKER = ".jaxgpt-output"  # written into every folder staged_dir makes; only such folders are replaced
 
 

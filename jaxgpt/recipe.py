@@ -14,7 +14,6 @@ from typing import Any
 from jaxgpt.config import SECTIONS, Config, flatten
 from jaxgpt.errors import UserError
 
-
 DEFAULT_CONFIG = "configs/shakespeare_char.py"  # the recipe of `python train.py` without --config
 
 

@@ -1,4 +1,4 @@
-"""The loss module: the fused, chunked head losses against the readable reference, and DPO."""
+"""model.losses and model.objectives: the fused, chunked head losses against the readable reference, and DPO."""
 
 import dataclasses
 import math

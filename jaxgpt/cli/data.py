@@ -1,6 +1,6 @@
 """The `jaxgpt` commands for data and evaluation: prepare, tokenizer train, eval, info.
 
-Registered by `cli.build_parser`; every mistake a user can make ends as a one-line UserError there.
+Registered by `cli.main.build_parser`; every mistake a user can make ends as a one-line UserError there.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from jaxgpt.eval import corpus
     from jaxgpt.eval import hellaswag as hellaswag_lib
-    from jaxgpt.store.loader import load
     from jaxgpt.model.gpt import GPT
+    from jaxgpt.store.loader import load
 
     if args.batch_size < 1 or getattr(args, "limit", 0) < 0:
         raise UserError("--batch-size must be at least 1 and --limit not negative")

@@ -15,7 +15,6 @@ from jaxgpt.cli.help import add_arguments, from_arguments
 from jaxgpt.errors import UserError
 
 
-
 class _Parser(argparse.ArgumentParser):
     """argparse, except that a usage mistake is a one-line UserError rather than usage text and an exit."""
 
@@ -36,10 +35,9 @@ def _guarded(fn, *args) -> int:
 
 def _train(argv: list[str]) -> int:
     from jaxgpt import recipe
-    from jaxgpt.train.pretrain import train
-
-    from jaxgpt.config import Config
     from jaxgpt.cli.help import describe, table
+    from jaxgpt.config import Config
+    from jaxgpt.train.pretrain import train
 
     parser = _Parser(
         prog="train.py", description="Pretrain a GPT. Any config field can be overridden: --train.max_steps=100",
@@ -66,9 +64,9 @@ def _sample(args: argparse.Namespace) -> int:
     import jax
 
     from jaxgpt.config import check_seed
-    from jaxgpt.store.loader import load
     from jaxgpt.model.gpt import GPT
     from jaxgpt.model.sampling import check_settings, generate
+    from jaxgpt.store.loader import load
     from jaxgpt.tokenizer.base import describe_characters
     from jaxgpt.tokenizer.kinds import unknown_characters
 

@@ -4,7 +4,7 @@
 
 It reads the recipe as `train.py` does (the same overrides), builds the job (pretraining or a finetune's
 objective, which weights train), then for each target prints `jaxgpt.plan.report.table` and optionally
-writes all plans as JSON. Registered by `cli.build_parser`; `cli.main` sets JAX_PLATFORMS=cpu first.
+writes all plans as JSON. Registered by `cli.main.build_parser`; `cli.main.main` sets JAX_PLATFORMS=cpu first.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def _job(args: argparse.Namespace, overrides: list[str]):
     from jaxgpt import recipe
     from jaxgpt.config import ModelConfig
     from jaxgpt.model.lora import LoraConfig
-    from jaxgpt.plan.step import Job
     from jaxgpt.model.parts import Parts
+    from jaxgpt.plan.step import Job
 
     cfg = recipe.load_config_file(args.config or recipe.default_config_path())
     cfg = config_lib.validate(recipe.apply_overrides(cfg, overrides))

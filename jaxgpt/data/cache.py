@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxgpt.data.shakespeare import corpus_version
+from jaxgpt.data.text import SHAKESPEARE, load_documents, split_documents
 from jaxgpt.errors import UserError
 from jaxgpt.files import write_atomic
 from jaxgpt.tokenizer.base import token_dtype
-from jaxgpt.data.shakespeare import corpus_version
-from jaxgpt.data.text import SHAKESPEARE, load_documents, split_documents
 from jaxgpt.tokenizer.kinds import KINDS, get_tokenizer, tokenizer_from_meta
-
 
 _META_FORMAT = 1
 _SPLIT_METHOD = "tail-of-each-document"  # part of the fingerprint: a new split method re-prepares

@@ -1,15 +1,15 @@
 """Token data for pretraining, whatever prepared it, and the random training windows drawn from it.
 
-`open_data(cfg.data)` reads `data.source` as
+`open_data(source, tokenizer, cache_dir, val_fraction)` reads `data.source` as
 - a folder prepared by `jaxgpt prepare SOURCE... --out DIR` (a `manifest.json`, or the manifests of all
   the parts that `--part I/N` runs wrote): its train and validation shards;
 - a cache folder of the single-file `prepare` (`meta.json`, `train.bin`, `val.bin`), as before;
-- the embedded corpus, a text file or a folder of .txt files: tokenized once into the cache (data.prepare).
+- the embedded corpus, a text file or a folder of .txt files: tokenized once into the cache (cache.prepare).
 
 Every split is a list of read-only memory-mapped shards. A batch is `batch` windows of T + 1 tokens, drawn
 uniformly over every window that fits inside one shard (so each shard in proportion to its tokens; a
 window never crosses a shard boundary, where one document set ends and the next begins), from a
-generator seeded by (seed, step) alone. With one shard this is exactly `data.window_starts`.
+generator seeded by (seed, step) alone. With one shard this is exactly `windows.window_starts`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxgpt.data import cache
-from jaxgpt.data import windows
+from jaxgpt.data import cache, windows
 from jaxgpt.errors import UserError
-from jaxgpt.files import write_atomic
-from jaxgpt.files import read_json_object
+from jaxgpt.files import read_json_object, write_atomic
 from jaxgpt.tokenizer.bpe import load_bpe
 from jaxgpt.tokenizer.kinds import Tokenizer, tokenizer_from_meta
 
@@ -175,7 +173,7 @@ def window_positions(sizes: list[int], batch: int, block_size: int, seed: int, s
         raise UserError(f"no shard of this split has the {block_size + 1} tokens one window needs (the longest has "
                         f"{longest}); lower model.block_size or use more data")
     rng = np.random.default_rng((seed, step))
-    u = rng.integers(0, total, size=batch)  # for one shard, the very draw of data.window_starts
+    u = rng.integers(0, total, size=batch)  # for one shard, the very draw of windows.window_starts
     ends = np.cumsum(valid)
     shard = np.searchsorted(ends, u, side="right")
     return shard, u - (ends[shard] - valid[shard])

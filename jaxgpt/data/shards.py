@@ -6,14 +6,14 @@
 - `manifest.json`, last: the tokenizer, the shards with token counts and SHA-256, the sources, document
   and token totals, the split rule. A folder without it is not (yet) a dataset.
 
-Memory stays bounded whatever the corpus size: the workers read pieces of a few MB each (corpus.py), a few
+Memory stays bounded whatever the corpus size: the workers read pieces of a few MB each (sources.py), a few
 pieces in flight, and each split holds one shard's buffer. Results are consumed in input order,
 so the bytes do not depend on the number of workers. Whenever a shard completes, the state (the next
-piece, the shards written, the buffers of the shards being filled) is saved in `progress.json` and
-`partial-*.bin`; a killed run started again continues from there and ends with the same bytes.
+piece, the shards written, the buffers of the shards being filled) is saved in `.progress.json` and
+`.partial-*.bin`; a killed run started again continues from there and ends with the same bytes.
 
 With `part=(i, n)` a machine prepares every n-th input file from the i-th into the same folder, its files
-named `train-p{i}of{n}-*.bin` and `manifest-p{i}of{n}.json`; `tokens.merge_parts` (or `load_shards` at training
+named `train-p{i}of{n}-*.bin` and `manifest-p{i}of{n}.json`; `dataset.merge_parts` (or `load_shards` at training
 time) joins the parts into one dataset: the same documents, so the same token multiset, as one machine's.
 """
 
@@ -34,10 +34,8 @@ import numpy as np
 from jaxgpt.data import sources as corpus
 from jaxgpt.errors import UserError
 from jaxgpt.files import write_atomic
-from jaxgpt.tokenizer.base import token_dtype
-from jaxgpt.tokenizer.base import ENDOFTEXT, UNK
-from jaxgpt.tokenizer.kinds import CharTokenizer, SimpleTokenizer
-from jaxgpt.tokenizer.kinds import tokenizer_from_meta
+from jaxgpt.tokenizer.base import ENDOFTEXT, UNK, token_dtype
+from jaxgpt.tokenizer.kinds import CharTokenizer, SimpleTokenizer, tokenizer_from_meta
 
 FORMAT = "jaxgpt-shards/1"
 SPLITS = ("train", "val")

@@ -1,7 +1,7 @@
 """Corpus sources for `jaxgpt prepare` and `jaxgpt tokenizer train`: files found, cut into pieces of work.
 
 A source is a file, a folder (searched recursively) or a glob; several may be given. Kinds, by name:
-- `.txt`: the whole file is one document (as `data.load_documents` reads it);
+- `.txt`: the whole file is one document (as `data.text.load_documents` reads it);
 - `.jsonl`, `.jsonl.gz`, `.jsonl.zst`: one JSON object per line, its `field` is the document;
 - `.parquet`: one document per row of the `field` column (FineWeb, HF copies of OpenWebText).
 

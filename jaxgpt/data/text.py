@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
+from jaxgpt.data.shakespeare import shakespeare_plays
 from jaxgpt.errors import UserError
 from jaxgpt.files import read_text
-from jaxgpt.data.shakespeare import shakespeare_plays
 
 SHAKESPEARE = "shakespeare"
 

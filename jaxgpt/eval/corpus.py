@@ -16,12 +16,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgpt.model import objectives
-from jaxgpt.errors import UserError
-from jaxgpt.model.losses import IGNORE_INDEX
-from jaxgpt.model.gpt import GPT
 from jaxgpt.data.dataset import open_prepared
+from jaxgpt.errors import UserError
 from jaxgpt.files import read_text
+from jaxgpt.model import objectives
+from jaxgpt.model.gpt import GPT
+from jaxgpt.model.losses import IGNORE_INDEX
 from jaxgpt.tokenizer.kinds import tokenizer_from_meta
 
 

@@ -21,12 +21,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxgpt.model import objectives
 from jaxgpt.errors import UserError
-from jaxgpt.model.losses import IGNORE_INDEX
-from jaxgpt.model.gpt import GPT
 from jaxgpt.files import read_text
-
+from jaxgpt.model import objectives
+from jaxgpt.model.gpt import GPT
+from jaxgpt.model.losses import IGNORE_INDEX
 
 PAD_MULTIPLE = 32  # HellaSwag batches are padded to a multiple of this many tokens: few compilations
 

@@ -17,19 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt.model import objectives
-from jaxgpt.files import read_text
 from jaxgpt.config import TrainConfig
-from jaxgpt.errors import UserError
-from jaxgpt.finetune.config import TRAINABLE, FinetuneConfig, train_defaults
-from jaxgpt.store.rundir import RunDir
-from jaxgpt.finetune import common, crop
-from jaxgpt.model.gpt import GPTClassifier
-from jaxgpt.tokenizer.kinds import Tokenizer
-from jaxgpt.tokenizer.base import describe_characters
-from jaxgpt.tokenizer.kinds import unknown_characters
 from jaxgpt.data.shakespeare import shakespeare_plays
+from jaxgpt.errors import UserError
+from jaxgpt.files import read_text
+from jaxgpt.finetune import common, crop
+from jaxgpt.finetune.config import TRAINABLE, FinetuneConfig, train_defaults
+from jaxgpt.model import objectives
+from jaxgpt.model.gpt import GPTClassifier
 from jaxgpt.store.loader import load
+from jaxgpt.store.rundir import RunDir
+from jaxgpt.tokenizer.base import describe_characters
+from jaxgpt.tokenizer.kinds import Tokenizer, unknown_characters
 
 TASK = "classify"
 

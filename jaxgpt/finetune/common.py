@@ -17,19 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from jaxgpt import runtime
-from jaxgpt.model import gpt
 from jaxgpt.config import Config, DataConfig, validate
+from jaxgpt.errors import UserError
 from jaxgpt.finetune import config
 from jaxgpt.finetune.config import FinetuneConfig
-from jaxgpt.train.engine import Engine
-from jaxgpt.train.task import Task
-from jaxgpt.store.rundir import RunDir
-from jaxgpt.errors import UserError
+from jaxgpt.model import gpt
 from jaxgpt.model.lora import LoraConfig
 from jaxgpt.model.parts import Parts
-from jaxgpt.store.loader import fit_context, load_pretrained
-from jaxgpt.store.loader import read_config, read_tokenizer_meta
+from jaxgpt.store.loader import fit_context, load_pretrained, read_config, read_tokenizer_meta
+from jaxgpt.store.rundir import RunDir
 from jaxgpt.tokenizer.kinds import tokenizer_from_meta
+from jaxgpt.train.engine import Engine
+from jaxgpt.train.task import Task
+
 
 def check(cfg: FinetuneConfig, allowed: tuple[str, ...]) -> None:
     """Refuse impossible settings in one line, before anything is read or written; then set up the process

@@ -50,7 +50,7 @@ class FinetuneConfig:
     dropout: float = 0.0  # the model's dropout while finetuning
     max_length: int = 0  # longest example in tokens; 0 = the longest in the data, at most the context
     truncate: bool = True  # cut examples longer than max_length (and count them); False refuses them
-    crop: str = "right"  # which end of a too-long example is cut: "right" (its end) or "prompt-left" (keeps the response)
+    crop: str = "right"  # which end of a too-long example is cut: "right" (its end), "prompt-left" (keeps the response)
     val_fraction: float = 0.1  # of the examples, after shuffling with seed
     test_fraction: float = 0.2  # of the examples, scored after training
 
@@ -73,7 +73,8 @@ class FinetuneConfig:
 
     def settings(self) -> dict:
         """The settings as task.json records them, by their flag names (compared when resuming)."""
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("train", "mesh", "dist")}
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("train", "mesh", "dist")}
         return {**{k: getattr(self.train, k) for k in TRAIN_SETTINGS}, **own}
 
 

@@ -20,15 +20,14 @@ import jax
 import numpy as np
 
 from jaxgpt import runtime
-from jaxgpt.model import losses
-from jaxgpt.model import objectives
 from jaxgpt.config import TrainConfig
 from jaxgpt.errors import UserError
-from jaxgpt.finetune.config import FinetuneConfig, train_defaults
-from jaxgpt.store.rundir import RunDir
 from jaxgpt.files import write_atomic, write_json
 from jaxgpt.finetune import common, crop, instruct, scoring, tasks
+from jaxgpt.finetune.config import FinetuneConfig, train_defaults
+from jaxgpt.model import losses, objectives
 from jaxgpt.model.gpt import GPT
+from jaxgpt.store.rundir import RunDir
 
 TASK = "dpo"
 REFERENCE_FILE = "reference_logps.npy"
@@ -195,7 +194,8 @@ def finetune(cfg: DPOConfig, devices=None) -> dict | None:
     if cfg.data:
         pairs = read_pairs(cfg.data)
     else:
-        pairs = [{**p, "prompt": instruct.format_prompt(p)} for p in tasks.preference_pairs(cfg.n_pairs, cfg.train.seed)]
+        pairs = [{**p, "prompt": instruct.format_prompt(p)}
+                 for p in tasks.preference_pairs(cfg.n_pairs, cfg.train.seed)]
     model_cfg, tokenizer = common.base_model(cfg)
     instruct.needs_eot(tokenizer, cfg.train.init_from)
     max_length = cfg.max_length or model_cfg.block_size

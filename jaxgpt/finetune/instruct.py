@@ -16,17 +16,16 @@ import jax
 import numpy as np
 
 from jaxgpt import runtime
-from jaxgpt.model import objectives
-from jaxgpt.files import read_text
 from jaxgpt.config import TrainConfig
 from jaxgpt.errors import UserError
-from jaxgpt.finetune.config import FinetuneConfig, train_defaults
-from jaxgpt.store.rundir import RunDir
-from jaxgpt.files import write_json
+from jaxgpt.files import read_text, write_json
 from jaxgpt.finetune import common, crop, scoring, tasks
-from jaxgpt.model.losses import IGNORE_INDEX
+from jaxgpt.finetune.config import FinetuneConfig, train_defaults
+from jaxgpt.model import objectives
 from jaxgpt.model.gpt import GPT
+from jaxgpt.model.losses import IGNORE_INDEX
 from jaxgpt.model.sampling import generate
+from jaxgpt.store.rundir import RunDir
 from jaxgpt.tokenizer.kinds import Tokenizer
 
 TASK = "instruct"
@@ -77,9 +76,9 @@ def read_records(path: str | Path, fields: tuple[str, ...], key: str = "instruct
     for i, entry in enumerate(data):
         if not isinstance(entry, dict):
             raise UserError(f"{path}: example {i} is not an object")
-        for field in fields:
-            if not isinstance(entry.get(field), str):
-                raise UserError(f"{path}: example {i} lacks a text field {field!r}")
+        for name in fields:
+            if not isinstance(entry.get(name), str):
+                raise UserError(f"{path}: example {i} lacks a text field {name!r}")
         if not isinstance(entry.get("input", ""), str):
             raise UserError(f"{path}: example {i} has a non-text 'input'")
     return data

@@ -6,7 +6,6 @@ from __future__ import annotations
 import string
 from collections import Counter
 
-
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2018": "'",
                          "\u2019": "'", "\u201a": "'", "\u201b": "'", "`": "'"})
 

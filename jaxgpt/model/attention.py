@@ -22,7 +22,6 @@ from jax.sharding import PartitionSpec as P
 
 from jaxgpt.errors import UserError
 
-
 MASKED = -1e30  # added to a masked score: its weight is exactly 0, and a float32 sum with it stays finite
 
 

@@ -26,8 +26,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgpt.model.attention import attend, attention_implementation, causal_attention, causal_mask, cudnn_compiles, pallas_attention, pallas_supports, recomputed_attention
 from jaxgpt.config import ModelConfig
+from jaxgpt.model.attention import (
+    attend,
+    attention_implementation,
+    causal_attention,
+    causal_mask,
+    cudnn_compiles,
+    pallas_attention,
+    pallas_supports,
+    recomputed_attention,
+)
 
 RESIDUAL = ("batch", None, None)  # logical axes of the (B, T, C) residual stream: split by batch only
 

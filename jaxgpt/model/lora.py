@@ -138,7 +138,7 @@ def adapter_axes(kernel_axes: dict[Path, tuple], adapters: Params, prefix: Path 
     """Logical sharding axes of the adapters, following their base weights: `a` (in, rank) takes the
     kernel's input axis and `b` (rank, out) its output axis, so an adapter is split like its kernel.
 
-    Args: kernel_axes, parameter path -> axes (`sharding.param_axes`); adapters; prefix, where the adapters
+    Args: kernel_axes, parameter path -> axes (`train.sharding.param_axes`); adapters; prefix, where the adapters
         sit in the tree being laid out. Returns: full adapter path -> axes.
     """
     out = {}

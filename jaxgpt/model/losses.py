@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import optax
-
 
 IGNORE_INDEX = -100  # targets with this value (padding) take no part in the loss, as in PyTorch
 HEAD_CHUNK_TOKENS = 1024  # logits of at most this many tokens exist at once in the fused losses

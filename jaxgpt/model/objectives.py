@@ -62,7 +62,8 @@ def sequence_logprobs(model: GPT, lora, trainable, frozen, tokens, targets, rng=
     """Summed log-probability of each row's targets (IGNORE_INDEX excluded): tokens, targets (B, T) -> (B,)."""
     h, head = _features(model, lora, trainable, frozen, tokens, rng)  # (B, T, C), (V, C)
     B, T, C = h.shape
-    return losses.token_logprobs(h.reshape(B * T, C), head, targets.reshape(B * T), model.config.dtype).reshape(B, T).sum(-1)
+    logp = losses.token_logprobs(h.reshape(B * T, C), head, targets.reshape(B * T), model.config.dtype)  # (B * T,)
+    return logp.reshape(B, T).sum(-1)
 
 
 def preference(model: GPT, beta: float, lora=None) -> LossFn:

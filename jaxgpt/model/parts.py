@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from flax import traverse_util
 
-from jaxgpt.model import lora as lora_lib
 from jaxgpt.errors import UserError
+from jaxgpt.model import lora as lora_lib
 
 CHOICES = ("all", "head", "last_blocks", "lora")
 ADAPTERS = "lora"  # the key of the adapters inside the trainable tree

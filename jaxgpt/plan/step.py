@@ -23,16 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt.model import objectives
-from jaxgpt.model import gpt
-from jaxgpt.train import sharding
-from jaxgpt.model.attention import cudnn_compiles
 from jaxgpt.config import Config
-from jaxgpt.train.engine import Engine
+from jaxgpt.model import gpt, objectives
+from jaxgpt.model.attention import cudnn_compiles
 from jaxgpt.model.gpt import GPT, GPTClassifier
-from jaxgpt.plan import hlo, targets as targets_lib
-from jaxgpt.plan.targets import Target
 from jaxgpt.model.parts import Parts
+from jaxgpt.plan import hlo
+from jaxgpt.plan import targets as targets_lib
+from jaxgpt.plan.targets import Target
+from jaxgpt.train import sharding
+from jaxgpt.train.engine import Engine
 
 TASKS = ("pretrain", "instruct", "classify", "dpo")
 GPU_POOL = 0.75  # JAX preallocates this fraction of a GPU's memory and allocates from it (XLA_PYTHON_CLIENT_MEM_FRACTION)

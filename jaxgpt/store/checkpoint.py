@@ -23,7 +23,6 @@ from jaxgpt.errors import UserError
 from jaxgpt.store.rundir import CHECKPOINT_DIR, RunDir
 
 
-
 def _manager(run_dir: Path, keep: int = 1, create: bool = True) -> ocp.CheckpointManager:
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(keep),

@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxgpt.store import checkpoint
 from jaxgpt.config import Config, DataConfig, ModelConfig, validate
 from jaxgpt.errors import UserError
 from jaxgpt.files import read_json_object, staged_dir
 from jaxgpt.model.gpt import init_params
+from jaxgpt.store import checkpoint
 from jaxgpt.store.openai import read_tf_checkpoint
 from jaxgpt.tokenizer.kinds import gpt2_files
 

@@ -19,16 +19,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxgpt.store import checkpoint
-from jaxgpt.store import convert
 from jaxgpt.config import Config, ModelConfig
 from jaxgpt.errors import UserError
-from jaxgpt.model.lora import LoraConfig
 from jaxgpt.model.gpt import GPT, GPTClassifier
-from jaxgpt.tokenizer.kinds import Tokenizer, tokenizer_from_meta
+from jaxgpt.model.lora import LoraConfig
 from jaxgpt.model.parts import combine, merged
+from jaxgpt.store import checkpoint, convert
 from jaxgpt.store.rundir import RunDir
-from jaxgpt.tokenizer.kinds import GPT2Tokenizer
+from jaxgpt.tokenizer.kinds import GPT2Tokenizer, Tokenizer, tokenizer_from_meta
 
 JAXGPT, HF, OPENAI = convert.JAXGPT, convert.HF, convert.OPENAI
 

@@ -13,7 +13,6 @@ import numpy as np
 
 from jaxgpt.errors import UserError
 
-
 ENDOFTEXT = "<|endoftext|>"  # GPT-2's document separator, the special token of every BPE
 UNK = "<|unk|>"
 

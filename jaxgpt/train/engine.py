@@ -23,21 +23,20 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jaxgpt.store import checkpoint
 from jaxgpt import runtime
-from jaxgpt.model import lora as lora_lib
-from jaxgpt.train import sharding
-from jaxgpt.model import parts as parts_lib
-from jaxgpt.config import Config
-from jaxgpt.runtime import StopFlag
+from jaxgpt.config import Config, parse_steps
 from jaxgpt.errors import UserError
-from jaxgpt.model.objectives import LossFn
+from jaxgpt.model import lora as lora_lib
+from jaxgpt.model import parts as parts_lib
 from jaxgpt.model.gpt import count_params, init_boxed
+from jaxgpt.model.objectives import LossFn
 from jaxgpt.report.board import Board, Profile
-from jaxgpt.config import parse_steps
-from jaxgpt.train.optim import lr_schedule, make_optimizer
 from jaxgpt.report.progress import Progress, flops_per_token, format_count, peak_flops
+from jaxgpt.runtime import StopFlag
+from jaxgpt.store import checkpoint
 from jaxgpt.store.rundir import RunDir
+from jaxgpt.train import sharding
+from jaxgpt.train.optim import lr_schedule, make_optimizer
 from jaxgpt.train.steps import TrainState, eval_step, means, train_step
 from jaxgpt.train.task import Task
 
@@ -57,8 +56,9 @@ class Engine:
 
     Args:
         cfg: the run's validated config (what config.json records).
-        model: the module being trained, built from the *resolved* model config (`model.resolve`).
-        loss_fn: see loss.py.
+        model: the module being trained, built from the *resolved* model config (`train.pretrain.resolve`,
+            `model.gpt.for_backend`).
+        loss_fn: see model/objectives.py.
         parts: which parameters train (all of them by default).
         devices: the devices the mesh is laid over (default: all of them, across every process).
     """

@@ -2,8 +2,8 @@
 
 `Trainer(cfg)` resolves the config (the vocabulary from the data's tokenizer, the shape of a pretrained
 `train.init_from`, the attention kernel and dtype checks, decided once), builds the engine, and `run()`
-trains. Its outputs in `train.out_dir`: config.json, tokenizer.json, checkpoints/, metrics.jsonl, loss.png
-and samples.txt. Rerunning on the same directory resumes from the latest checkpoint.
+trains. Its outputs in `train.out_dir`: config.json, tokenizer.json, task.json, checkpoints/, metrics.jsonl,
+loss.png and samples.txt. Rerunning on the same directory resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -15,23 +15,19 @@ import numpy as np
 
 from jaxgpt import config as config_lib
 from jaxgpt import runtime
-from jaxgpt.model import objectives
-from jaxgpt.model import gpt
-from jaxgpt.train import sharding
-from jaxgpt.data import dataset
 from jaxgpt.config import Config, ModelConfig
+from jaxgpt.data import dataset
+from jaxgpt.errors import UserError
+from jaxgpt.eval.hellaswag import hellaswag, read_hellaswag
+from jaxgpt.model import gpt, objectives
+from jaxgpt.model.gpt import GPT
+from jaxgpt.model.sampling import generate
+from jaxgpt.store.loader import fit_context, load_pretrained, read_config, read_tokenizer_meta
+from jaxgpt.store.rundir import RunDir
+from jaxgpt.tokenizer.kinds import Tokenizer, unknown_characters
+from jaxgpt.train import sharding
 from jaxgpt.train.engine import Engine
 from jaxgpt.train.task import Task
-from jaxgpt.errors import UserError
-from jaxgpt.model.gpt import GPT
-from jaxgpt.store.rundir import RunDir
-from jaxgpt.model.sampling import generate
-from jaxgpt.tokenizer.kinds import Tokenizer
-from jaxgpt.eval.hellaswag import hellaswag
-from jaxgpt.eval.hellaswag import read_hellaswag
-from jaxgpt.store.loader import fit_context, load_pretrained
-from jaxgpt.store.loader import read_config, read_tokenizer_meta
-from jaxgpt.tokenizer.kinds import unknown_characters
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation batches use their own, fixed stream of windows
 

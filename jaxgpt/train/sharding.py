@@ -23,7 +23,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxgpt.config import MESH_AXES, MeshConfig, parse_rules
 from jaxgpt.errors import UserError
@@ -65,7 +66,7 @@ def _path_names(path) -> tuple[str, ...]:
 
 
 def param_axes(boxed: Any) -> Axes:
-    """The logical axes every weight of a boxed parameter tree (`model.init_boxed`) declares, by path;
+    """The logical axes every weight of a boxed parameter tree (`model.gpt.init_boxed`) declares, by path;
     weights that declare none (LayerNorms) are left out and stay replicated."""
     flat = traverse_util.flatten_dict(boxed, is_leaf=lambda _, x: isinstance(x, nn.LogicallyPartitioned))
     return {path: tuple(box.names) for path, box in flat.items() if isinstance(box, nn.LogicallyPartitioned)}
