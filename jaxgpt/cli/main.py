@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxgpt.cli.help import add_arguments, from_arguments
+from jaxgpt.cli.help import add_arguments, describe, from_arguments, table
 from jaxgpt.errors import UserError
 
 
@@ -35,7 +35,6 @@ def _guarded(fn, *args) -> int:
 
 def _train(argv: list[str]) -> int:
     from jaxgpt import recipe
-    from jaxgpt.cli.help import describe, table
     from jaxgpt.config import Config
     from jaxgpt.train.pretrain import train
 

@@ -154,10 +154,10 @@ def split_entries(n: int, cfg: FinetuneConfig) -> dict[str, np.ndarray]:
 
 
 def fit_examples(rows: np.ndarray, prompts: list[list[int]], responses: list[list[int]], max_length: int,
-                 cfg: InstructConfig) -> tuple[np.ndarray, crop.Counts]:
-    """The rows that train at least one target within `max_length` tokens, and the counts; `prompts` is
-    updated to the cropped prompts (`--crop`)."""
-    counts, kept = crop.Counts(), []
+                 cfg: InstructConfig) -> tuple[np.ndarray, crop.Counts, list[list[int]]]:
+    """The rows that train at least one target within `max_length` tokens, the counts, and the prompts
+    cropped as `--crop` says."""
+    prompts, counts, kept = list(prompts), crop.Counts(), []
     for i in rows:
         counts.longest_prompt = max(counts.longest_prompt, len(prompts[i]))
         prompts[i], tokens, cut = crop.fit(prompts[i], responses[i], max_length, cfg.crop, cfg.mask_prompt)
@@ -166,7 +166,7 @@ def fit_examples(rows: np.ndarray, prompts: list[list[int]], responses: list[lis
             kept.append(i)
         else:
             counts.drop("with the prompt filling the context")
-    return np.array(kept, dtype=rows.dtype), counts
+    return np.array(kept, dtype=rows.dtype), counts, prompts
 
 
 def needs_eot(tokenizer: Tokenizer, init_from: str) -> None:
@@ -254,7 +254,7 @@ def finetune(cfg: InstructConfig, devices=None) -> dict | None:
                         "raise --max-length or allow --truncate")
     counts = {}
     for name in ("train", "val"):  # the test split is prompted, not trained on
-        split[name], counts[name] = fit_examples(split[name], prompts, responses, max_length, cfg)
+        split[name], counts[name], prompts = fit_examples(split[name], prompts, responses, max_length, cfg)
     crop.require(counts, max_length)
     seqs = [p + r for p, r in zip(prompts, responses)]
     model = GPT(common.resolved(model_cfg, cfg))

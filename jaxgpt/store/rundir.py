@@ -217,11 +217,3 @@ class RunDir:
         if self.primary:
             (self.path / OUTPUT_MARKER).write_text("written by jaxgpt; --overwrite may replace this folder\n")
             write_json(self.results, results)
-
-
-def read_run_config(path: str | Path) -> Config | None:
-    return RunDir(path).read_config()
-
-
-def read_tokenizer_meta(path: str | Path) -> dict | None:
-    return RunDir(path).read_tokenizer()
