@@ -18,6 +18,7 @@ from jaxgpt.errors import UserError
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("auto", "xla", "recompute", "cudnn", "pallas")
 SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adamw", "muon")
 REMAT = ("none", "full", "dots")
 SEED_LIMIT = 2**63  # seeds are 0 .. SEED_LIMIT - 1: what jax.random.key and numpy's generators both take
 
@@ -36,20 +37,54 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5  # GPT-2's value; Flax's default (1e-6) would shift every logit
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of the weights
+    # The modern decoder options (Llama, Qwen3, ...); each is independent of the others, and the defaults are GPT-2.
+    position: str = "learned"  # "learned": a table of block_size positions (GPT-2); "rope": rotary, any length
+    rope_theta: float = 10000.0  # RoPE's base wavelength (Llama 3: 500000, Qwen3: 1000000)
+    rope_scaling: str = "none"  # "none"; "linear": positions divided by rope_factor; "llama3": Llama 3.1's bands
+    rope_factor: float = 1.0  # linear and llama3: how many times longer than rope_context the positions reach
+    rope_low_freq_factor: float = 1.0  # llama3: wavelengths above rope_context / this are divided by rope_factor
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths below rope_context / this are kept; between, blended
+    rope_context: int = 0  # llama3: the context it trained at (original_max_position_embeddings); 0: block_size
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm"; layer_norm_eps is either one's epsilon
+    mlp: str = "gelu"  # "gelu" (GPT-2's tanh GELU), "swiglu" (a SiLU-gated unit, Llama/Qwen) or "relu2" (squared ReLU)
+    n_inner: int = 0  # the MLP's hidden width; 0: 4 * n_embd
+    n_kv_head: int = 0  # key/value heads, each shared by n_head / n_kv_head query heads (GQA; 1: MQA); 0: n_head
+    head_size: int = 0  # width of one head; 0: n_embd // n_head
+    qk_norm: bool = False  # RMSNorm on each query and key head before attention (Qwen3)
+    bias: bool = True  # biases on the attention output, the MLP and the norms (q, k, v: qkv_bias)
+    tie_embeddings: bool = True  # the output head is the token embedding (GPT-2); false: its own lm_head
     attention: str = "auto"  # "auto": Pallas's flash attention on a TPU (block_size a multiple of 128), cuDNN's fused attention where it compiles (GPU, 16-bit dtype), else XLA's ("recompute" on an accelerator, "xla" on a CPU); "xla"; "recompute" (keeps q, k, v instead of the weights); "cudnn"; "pallas"
     remat: str = "none"  # recompute in the backward pass, per block: "none", "full", or "dots" (keeps matmul outputs)
 
     @staticmethod
     def preset(name: str, **overrides: Any) -> ModelConfig:
-        """One of OpenAI's four GPT-2 sizes, optionally with some fields changed."""
+        """One of OpenAI's four GPT-2 sizes, or a Qwen3 or Llama 3.2, optionally with some fields changed."""
         if name not in PRESETS:
             raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+
+# What a set of weights is and computes, as distinct from how a run uses it (block_size, dropout, dtypes,
+# kernels): a pretrained model fixes these for everything that starts from it.
+ARCHITECTURE = ("vocab_size", "n_layer", "n_head", "n_embd", "qkv_bias", "layer_norm_eps", "position", "rope_theta",
+                "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_context", "norm",
+                "mlp", "n_inner", "n_kv_head", "head_size", "qk_norm", "bias", "tie_embeddings")
+POSITIONS = ("learned", "rope")
+ROPE_SCALING = ("none", "linear", "llama3")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu", "relu2")
 
 PRESETS: dict[str, ModelConfig] = {
     "gpt2": ModelConfig(n_layer=12, n_head=12, n_embd=768),
@@ -57,6 +92,22 @@ PRESETS: dict[str, ModelConfig] = {
     "gpt2-large": ModelConfig(n_layer=36, n_head=20, n_embd=1280),
     "gpt2-xl": ModelConfig(n_layer=48, n_head=25, n_embd=1600),
 }
+# Qwen3 and Llama 3.2 as their published config.json files describe them (tests/test_presets.py checks the
+# parameter counts against the published ones).
+_MODERN = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, qkv_bias=False)
+_QWEN3 = dict(_MODERN, vocab_size=151936, block_size=40960, n_kv_head=8, head_size=128, qk_norm=True,
+              rope_theta=1e6, layer_norm_eps=1e-6)
+_LLAMA32 = dict(_MODERN, vocab_size=128256, block_size=131072, n_kv_head=8, rope_theta=5e5, rope_scaling="llama3",
+                rope_factor=32.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_context=8192,
+                layer_norm_eps=1e-5)
+PRESETS.update({
+    "qwen3-0.6b": ModelConfig(**_QWEN3, n_layer=28, n_head=16, n_embd=1024, n_inner=3072),
+    "qwen3-1.7b": ModelConfig(**_QWEN3, n_layer=28, n_head=16, n_embd=2048, n_inner=6144),
+    "qwen3-4b": ModelConfig(**_QWEN3, n_layer=36, n_head=32, n_embd=2560, n_inner=9728),
+    "qwen3-8b": ModelConfig(**_QWEN3, n_layer=36, n_head=32, n_embd=4096, n_inner=12288, tie_embeddings=False),
+    "llama-3.2-1b": ModelConfig(**_LLAMA32, n_layer=16, n_head=32, n_embd=2048, n_inner=8192),
+    "llama-3.2-3b": ModelConfig(**_LLAMA32, n_layer=28, n_head=24, n_embd=3072, n_inner=8192, head_size=128),
+})
 
 
 @dataclass(frozen=True)
@@ -75,6 +126,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_accum_unroll: int = 1  # micro-batches per pass of the accumulation loop: on a CPU, 2 run at once
     max_steps: int = 2000  # optimizer steps to train to (may be raised when resuming)
+    optimizer: str = "adamw"  # "adamw"; "muon": Muon (optax.contrib) for the blocks' matrices, AdamW for the rest
     learning_rate: float = 1e-3  # the peak, after the warmup
     lr_schedule: str = "cosine"  # "cosine": warmup, then cosine decay to min_lr; "constant": warmup, then learning_rate
     min_lr: float = 1e-4  # where the cosine decay ends
@@ -217,13 +269,15 @@ def validate(cfg: Config) -> Config:
     if m.block_size < 2:
         raise UserError(f"model.block_size must be at least 2 (one token to read, one to predict), got {m.block_size}")
     check_seed("train.seed", t.seed)
-    if m.n_embd % m.n_head:
-        raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    _validate_model(m)
     if not 0 <= m.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {m.dropout}")
     for key, value, allowed in (("model.dtype", m.dtype, DTYPES), ("model.param_dtype", m.param_dtype, DTYPES),
                                 ("model.attention", m.attention, ATTENTION), ("model.remat", m.remat, REMAT),
-                                ("train.lr_schedule", t.lr_schedule, SCHEDULES)):
+                                ("model.position", m.position, POSITIONS), ("model.norm", m.norm, NORMS),
+                                ("model.rope_scaling", m.rope_scaling, ROPE_SCALING), ("model.mlp", m.mlp, MLPS),
+                                ("train.lr_schedule", t.lr_schedule, SCHEDULES),
+                                ("train.optimizer", t.optimizer, OPTIMIZERS)):
         if value not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     if not 0 < d.val_fraction < 1:
@@ -236,6 +290,31 @@ def validate(cfg: Config) -> Config:
     _validate_mesh(cfg.mesh, cfg.dist)
     parse_steps(t.profile_steps)
     return cfg
+
+
+def _validate_model(m: ModelConfig) -> None:
+    """The shape rules of the attention heads, the MLP and the rotary positions."""
+    for key, value in (("model.n_kv_head", m.n_kv_head), ("model.head_size", m.head_size), ("model.n_inner", m.n_inner),
+                       ("model.rope_context", m.rope_context)):
+        if value < 0:
+            raise UserError(f"{key} must be positive, or 0 for its default, got {value}")
+    if not m.head_size and m.n_embd % m.n_head:
+        raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head}), or set "
+                        "model.head_size")
+    if m.n_head % m.kv_heads:
+        raise UserError(f"model.n_head ({m.n_head}) must be a multiple of model.n_kv_head ({m.kv_heads})")
+    if m.position == "rope":
+        if m.head_dim % 2:
+            raise UserError(f"rotary positions turn pairs of a head's dimensions: the head size ({m.head_dim}) must be "
+                            "even; change model.head_size or model.n_head")
+        if not m.rope_theta > 0 or not m.rope_factor >= 1:
+            raise UserError(f"model.rope_theta must be positive and model.rope_factor at least 1, got {m.rope_theta} "
+                            f"and {m.rope_factor}")
+        if m.rope_scaling == "llama3" and not 0 < m.rope_low_freq_factor < m.rope_high_freq_factor:
+            raise UserError("model.rope_low_freq_factor must be positive and below model.rope_high_freq_factor, got "
+                            f"{m.rope_low_freq_factor} and {m.rope_high_freq_factor}")
+    elif m.rope_scaling != "none":
+        raise UserError(f"model.rope_scaling={m.rope_scaling} scales rotary positions; set model.position=rope")
 
 
 def check_seed(name: str, seed: int) -> None:

@@ -223,12 +223,13 @@ CASES = [
 
     # --- chat ------------------------------------------------------------------------------------------
     Case("chat-char-model", "jaxgpt",
-         lambda e: ["chat", str(e.base.run), "Say hi."], "has no tokenizer with <|endoftext|>"),
+         lambda e: ["chat", str(e.base.run), "Say hi."], "has no tokenizer with an end-of-text token"),
     Case("chat-zero-new-tokens", "jaxgpt",
          lambda e: ["chat", str(e.base.bpe), "Say hi.", "--max-new-tokens", "0"],
          "--max-new-tokens must be at least 1"),
     Case("chat-missing-model", "jaxgpt",
          lambda e: ["chat", str(e.tmp / "nope"), "Say hi."], "is not a directory"),
+
     Case("plan-unknown-target", "jaxgpt", lambda e: ["plan", "--config", TINY_RECIPE, "--target", "h999"],
          "unknown target 'h999'; choose one of h100"),
     Case("plan-json-exists", "jaxgpt",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hf_reference import TINY, random_hf_model
 
-from jaxgpt.store.convert import read_safetensors, write_safetensors
 from jaxgpt.cli.main import main
+from jaxgpt.store.convert import read_safetensors, write_safetensors
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,10 @@ def test_a_damaged_safetensors_file(hf_dir, tmp_path, capsys, damage, pattern):
 def test_other_architectures_are_refused(hf_dir, tmp_path, capsys):
     src = _copy(hf_dir, tmp_path)
     cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
-    _fails(capsys, tmp_path, src, "only GPT-2")
+    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "mistral"}))
+    _fails(capsys, tmp_path, src, "jaxgpt reads GPT-2, Llama and Qwen3")
+    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))  # GPT-2's settings, not Llama's
+    _fails(capsys, tmp_path, src, "config.json has no 'hidden_size'")
     (src / "config.json").write_text(json.dumps({**cfg, "activation_function": "relu"}))
     _fails(capsys, tmp_path, src, "activation_function='relu'")
     (src / "config.json").write_text("{not json")

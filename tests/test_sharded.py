@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxgpt.store import checkpoint
-from jaxgpt.model import objectives
 from jaxgpt.config import MeshConfig
 from jaxgpt.errors import UserError
+from jaxgpt.model import objectives
+from jaxgpt.store import checkpoint
 from jaxgpt.store.loader import load, load_pretrained
 from jaxgpt.train.pretrain import Trainer
 
@@ -55,6 +55,7 @@ def _losses(run_dir) -> dict[int, float]:
 def one_device(tmp_path_factory):
     """The reference: losses of 20 steps of the tiny config on a single device."""
     from conftest import TINY_MODEL, write_corpus
+
     from jaxgpt.config import Config, DataConfig, TrainConfig
 
     tmp = tmp_path_factory.mktemp("ref")
@@ -163,8 +164,8 @@ def test_gpt2_xl_state_is_split_eight_ways():
     """Laid out from shapes alone (nothing allocated): with FSDP over 8 devices, each holds about an
     eighth of gpt2-xl's weights and Adam moments, never the whole 1.5B-parameter state."""
     from jaxgpt.config import Config, ModelConfig
-    from jaxgpt.train.engine import Engine
     from jaxgpt.model.gpt import GPT
+    from jaxgpt.train.engine import Engine
 
     xl = ModelConfig.preset("gpt2-xl")
     engine = Engine(Config(model=xl, mesh=MeshConfig(data=1, fsdp=8)), GPT(xl), objectives.language_model(GPT(xl)))
@@ -213,10 +214,10 @@ def test_finetune_weights_and_lora_adapters_are_split_like_their_base(bpe_base):
     """A LoRA classifier on a data=1 x fsdp=4 x tensor=2 mesh: the frozen kernels are split, and each
     adapter follows its kernel (a: the kernel's input axis, b: its output axis)."""
     from jaxgpt.config import Config, TrainConfig
-    from jaxgpt.train.engine import Engine
     from jaxgpt.finetune import classify, common
-    from jaxgpt.store.loader import load_pretrained
     from jaxgpt.model.gpt import GPTClassifier
+    from jaxgpt.store.loader import load_pretrained
+    from jaxgpt.train.engine import Engine
 
     model_cfg, gpt = load_pretrained(bpe_base / "model")
     ft = classify.ClassifyConfig.of(trainable="lora", lora_rank=4)
@@ -234,3 +235,46 @@ def test_finetune_weights_and_lora_adapters_are_split_like_their_base(bpe_base):
     assert proj["a"].sharding.spec == P("tensor", None) and proj["b"].sharding.spec == P(None, "fsdp")
     mu = state.opt_state[1][0].mu["lora"]["gpt"]["h_0"]["mlp"]["c_fc"]["b"]  # Adam's moments alike
     assert mu.sharding.spec == P(None, "tensor")
+
+
+# --- the modern decoder options under FSDP ------------------------------------------------------------
+
+OPTIONS = {  # every option at least once, a few together
+    "rope-llama3": dict(position="rope", rope_scaling="llama3", rope_factor=4.0),
+    "rmsnorm-no_bias": dict(norm="rmsnorm", bias=False, qkv_bias=False),
+    "swiglu-head_size": dict(mlp="swiglu", head_size=12), "relu2": dict(mlp="relu2"),
+    "gqa-qk_norm": dict(n_kv_head=2, qk_norm=True), "mqa-untied": dict(n_kv_head=1, tie_embeddings=False),
+}
+
+
+@eight
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_each_decoder_option_trains_one_step_under_fsdp_as_on_one_device(name):
+    """Two optimizer steps with FSDP over 8 devices give the single device's losses and gradient norms (the
+    second loss reads the updated weights); the new weights are laid out by their declared axes."""
+    from jaxgpt.config import Config, ModelConfig, TrainConfig
+    from jaxgpt.model.gpt import GPT
+    from jaxgpt.train.engine import Engine
+
+    cfg = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, **OPTIONS[name])
+    model = GPT(cfg)
+    tokens = np.random.default_rng(0).integers(0, 64, (1, 8, 17)).astype(np.int32)  # (accum, micro, T + 1)
+    batch = (tokens[..., :-1], tokens[..., 1:])
+    results = []
+    for mesh, devices in ((MeshConfig(), jax.devices()[:1]), (MeshConfig(data=1, fsdp=8), None)):
+        run = Config(model=cfg, train=TrainConfig(batch_size=8, warmup_steps=0, learning_rate=1e-2), mesh=mesh)
+        engine = Engine(run, model, objectives.language_model(model), devices=devices)
+        state, frozen = engine.start()
+        metrics = []
+        for _ in range(2):
+            state, m = engine.train_step(state, engine.put(batch), frozen)
+            metrics.append(jax.device_get(m))
+        results.append((metrics, state.params))
+    (one, _), (split, placed) = results
+    assert np.isfinite(one[1]["loss"]) and one[1]["loss"] < one[0]["loss"]
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose([m[key] for m in split], [m[key] for m in one], rtol=2e-5)
+    wte = placed["wte"]["embedding"]  # (V, C): embed -> fsdp
+    assert wte.sharding.spec == P(None, "fsdp")
+    if "untied" in name:
+        assert placed["lm_head"]["embedding"].sharding.spec == P(None, "fsdp")

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxgpt.config import TrainConfig
 from jaxgpt.model import losses as loss
 from jaxgpt.model import objectives
-from jaxgpt.config import TrainConfig
 from jaxgpt.model.gpt import GPT, init_params
 from jaxgpt.train.optim import decay_mask, lr_schedule, make_optimizer
 from jaxgpt.train.steps import TrainState, eval_step, train_step
@@ -136,3 +136,20 @@ def test_frozen_weights_take_part_but_get_no_gradient(tiny_model):
     new, m = step(state, (x, jnp.roll(x, -1, axis=-1)), frozen)
     assert set(new.params) == {"ln_f"} and not np.array_equal(new.params["ln_f"]["scale"], train_part["ln_f"]["scale"])
     assert sum(a.size for a in jax.tree.leaves(new.opt_state)) <= 2 * 2 * tiny_model.n_embd + 2  # moments of ln_f only
+
+
+def test_muon_orthogonalises_the_block_matrices_and_adam_the_rest(tiny_model):
+    from jaxgpt.train.optim import muon_matrices
+
+    params = init_params(dataclasses.replace(tiny_model, tie_embeddings=False), jax.random.key(0))
+    specs = muon_matrices(params)
+    assert specs["h_0"]["attn"]["c_attn"]["kernel"] is not None and specs["h_1"]["mlp"]["c_proj"]["kernel"] is not None
+    assert specs["wte"]["embedding"] is None and specs["lm_head"]["embedding"] is None
+    assert specs["h_0"]["attn"]["c_attn"]["bias"] is None and specs["ln_f"]["scale"] is None
+    tc = TrainConfig(optimizer="muon", learning_rate=1e-2, warmup_steps=0, max_steps=40, min_lr=1e-2)
+    state, step, batch = _setup(tiny_model, tc, (1, 4, 16))
+    first = None
+    for _ in range(40):
+        state, m = step(state, batch, {})
+        first = float(m["loss"]) if first is None else first
+    assert float(m["loss"]) < 0.5 * first

@@ -76,6 +76,21 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stretched(cfg, args: argparse.Namespace):
+    """The model config with `--rope-scaling` applied: the positions of a longer window brought back into
+    the range the model trained at (`--rope-factor`, default the window over the model's context)."""
+    import dataclasses
+
+    if cfg.position != "rope":
+        raise UserError("--rope-scaling stretches rotary positions, and this model learned a table of positions")
+    window = args.block_size or cfg.block_size
+    factor = args.rope_factor or max(window / cfg.block_size, 1.0)
+    if factor < 1:
+        raise UserError(f"--rope-factor must be at least 1, got {factor}")
+    return dataclasses.replace(cfg, rope_scaling=args.rope_scaling, rope_factor=float(factor),
+                               rope_context=cfg.rope_context or cfg.block_size)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from jaxgpt.eval import corpus
     from jaxgpt.eval import hellaswag as hellaswag_lib
@@ -87,8 +102,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).exists() and not args.overwrite:  # refused before any work
         raise UserError(f"{args.out} already exists; choose another --out or pass --overwrite")
     model = load(args.model, args.step)
-    gpt, params = GPT(model.config), model.gpt_params
+    model_cfg = _stretched(model.config, args) if getattr(args, "rope_scaling", None) else model.config
+    gpt, params = GPT(model_cfg), model.gpt_params
     head = {"model": str(args.model), "step": model.step, "data": str(args.data)}
+    if model_cfg != model.config:
+        head["rope"] = {"scaling": model_cfg.rope_scaling, "factor": model_cfg.rope_factor,
+                        "context": model_cfg.rope_context}
     if args.what == "loss":
         shards, where = corpus.read_corpus(args.data, args.split, model.tokenizer_meta)
         r = corpus.corpus_loss(gpt, params, shards, args.block_size, args.stride, args.batch_size,
@@ -165,6 +184,10 @@ def add_parsers(sub) -> None:
     el.add_argument("--stride", type=int, default=None, help="windows every N tokens, scoring only their "
                     "last N targets (default: non-overlapping windows)")
     el.add_argument("--batch-size", type=int, default=8)
+    el.add_argument("--rope-scaling", choices=("none", "linear", "llama3"), default=None,
+                    help="score a rotary-position model's longer windows with its positions stretched")
+    el.add_argument("--rope-factor", type=float, default=0.0,
+                    help="how much --rope-scaling stretches (default: --block-size over the model's context)")
     eh.add_argument("--limit", type=int, default=0, help="only the first N examples (0: all)")
     eh.add_argument("--batch-size", type=int, default=16, help="endings scored at once")
 

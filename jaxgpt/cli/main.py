@@ -84,7 +84,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise UserError(f"the prompt has characters this model does not know: {describe_characters(unknown)}; "
                         f"this character-level model knows only the {tokenizer.vocab_size} characters of its "
                         "training text, so write the --prompt with those")
-    ids = tokenizer.encode(prompt)
+    # A Hugging Face tokenizer adds what its model expects before a text (Llama 3: <|begin_of_text|>), as there.
+    ids = tokenizer.encode(prompt, add_special_tokens=True) if tokenizer.name == "hf" else tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt encodes to no tokens; give a non-empty --prompt")
     out = generate(GPT(model.config), model.gpt_params, [ids] * args.num_samples, args.num_tokens,
@@ -138,26 +139,33 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from jaxgpt.finetune.instruct import format_prompt, respond
+    from jaxgpt.finetune.instruct import chat_prompt, format_prompt, respond
     from jaxgpt.store.loader import load
 
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if not Path(args.model_dir).is_dir():
-        raise UserError(f"{args.model_dir} is not a directory; pass the --out-dir of `jaxgpt finetune instruct`")
+        raise UserError(f"{args.model_dir} is not a directory; pass the --out-dir of `jaxgpt finetune instruct` or "
+                        "a chat model with a chat template (Qwen3, Llama 3)")
     model = load(args.model_dir)
     if model.tokenizer_meta is None or model.tokenizer().eot_id is None:
-        raise UserError(f"{args.model_dir} has no tokenizer with <|endoftext|>; chat needs an instruction-finetuned "
-                        "GPT-2 BPE model from `jaxgpt finetune instruct`")
+        raise UserError(f"{args.model_dir} has no tokenizer with an end-of-text token; chat needs an instruction-"
+                        "finetuned model from `jaxgpt finetune instruct` or a chat model with its tokenizer")
     tokenizer = model.tokenizer()
+    alpaca = bool(model.task and model.task.get("task") == "instruct")
     interactive = not args.instruction
     lines = [" ".join(args.instruction)] if args.instruction else iter(lambda: input("> "), None)
+    history: list[dict[str, str]] = []  # a chat template sees the whole conversation; Alpaca one instruction
     try:
         for line in lines:
             if not line.strip():
                 break
-            entry = {"instruction": line.strip(), "input": args.input}
-            print(respond(model.config, model.gpt_params, tokenizer, [format_prompt(entry)], args.max_new_tokens)[0])
+            history.append({"role": "user", "content": line.strip()})
+            prompt = (format_prompt({"instruction": line.strip(), "input": args.input}) if args.input
+                      else chat_prompt(tokenizer, history, alpaca))
+            reply = respond(model.config, model.gpt_params, tokenizer, [prompt], args.max_new_tokens)[0]
+            history.append({"role": "assistant", "content": reply})
+            print(reply)
     except EOFError:
         if interactive:
             print()
@@ -214,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("texts", nargs="+", help="texts to classify")
     k.set_defaults(fn=_classify)
 
-    h = sub.add_parser("chat", help="answer instructions with a model from `jaxgpt finetune instruct`")
+    h = sub.add_parser("chat", help="talk to a model from `jaxgpt finetune instruct` (Alpaca prompts) or a chat "
+                       "model with a chat template (Qwen3, Llama 3 Instruct)")
     h.add_argument("model_dir")
     h.add_argument("instruction", nargs="*", help="one instruction (default: read them line by line)")
     h.add_argument("--input", default="", help="the Alpaca 'input' field for the instruction")

@@ -14,6 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from jaxgpt.config import PRESETS
 from jaxgpt.errors import UserError
 
 
@@ -33,8 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--classes", type=int, default=2, help="classify: the number of classes")
-    p.add_argument("--preset", default=None, help="plan this GPT-2 size instead of the recipe's shape: gpt2, "
-                   "gpt2-medium, gpt2-large, gpt2-xl (the recipe's context, dtypes and remat are kept)")
+    p.add_argument("--preset", default=None, help="plan this model instead of the recipe's shape: "
+                   f"{', '.join(PRESETS)} (the recipe's context, dtypes and remat are kept)")
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch "
                    "(default: the recipe's train.batch_size / train.grad_accum)")
     p.add_argument("--no-search", dest="search", action="store_false",
@@ -70,9 +71,8 @@ def _job(args: argparse.Namespace, overrides: list[str]):
         from jaxgpt.store.loader import read_config
 
         pre = read_config(cfg.train.init_from)
-        m = dataclasses.replace(m, **{f: getattr(pre, f) for f in (
-            "vocab_size", "n_layer", "n_head", "n_embd", "qkv_bias", "layer_norm_eps")},
-            block_size=min(m.block_size, pre.block_size))
+        m = dataclasses.replace(m, **{f: getattr(pre, f) for f in config_lib.ARCHITECTURE},
+                                block_size=min(m.block_size, pre.block_size))
     else:
         if cfg.train.init_from:
             print(f"note: train.init_from {cfg.train.init_from} is not here; planning the recipe's own model shape")

@@ -95,10 +95,10 @@ def prepare(source: str, tokenizer_kind: str, cache_dir: str, val_fraction: floa
     # needs no cleaning; a user's text is keyed on its content.
     docs = None if source == SHAKESPEARE and tokenizer_kind in KINDS else load_documents(source)
     name, which, tokenizer = tokenizer_kind, tokenizer_kind, None
-    if tokenizer_kind not in KINDS:  # a trained BPE: keyed by its content, not by where it lies
+    if tokenizer_kind not in KINDS:  # a trained BPE or a Hugging Face tokenizer: keyed by its content, not its place
         tokenizer = get_tokenizer(tokenizer_kind, "\n\n".join(docs))
         if getattr(tokenizer, "fingerprint", None):
-            name, which = "bpe", f"bpe:{tokenizer.fingerprint}"
+            name, which = tokenizer.name, f"{tokenizer.name}:{tokenizer.fingerprint}"
     content = [f"embedded {SHAKESPEARE}: {corpus_version()}"] if docs is None else docs
     parts = (_SPLIT_METHOD, *content, which, repr(float(val_fraction)))
     key = b"\0".join(part.encode("utf-8") for part in parts)  # NUL-separated so fields cannot run together

@@ -24,8 +24,7 @@ import numpy as np
 from jaxgpt.data import cache, windows
 from jaxgpt.errors import UserError
 from jaxgpt.files import read_json_object, write_atomic
-from jaxgpt.tokenizer.bpe import load_bpe
-from jaxgpt.tokenizer.kinds import Tokenizer, tokenizer_from_meta
+from jaxgpt.tokenizer.kinds import Tokenizer, get_tokenizer, tokenizer_from_meta
 
 
 @dataclass(frozen=True)
@@ -153,14 +152,15 @@ def open_data(source: str, tokenizer: str, cache_dir: str, val_fraction: float) 
 
 def _check_tokenizer(d: TokenData, tokenizer: str) -> None:
     kind = d.tokenizer_meta.get("kind")
-    wanted = "bpe" if Path(tokenizer).is_dir() else tokenizer
+    folder = get_tokenizer(tokenizer) if Path(tokenizer).is_dir() else None  # a trained BPE or a Hugging Face one
+    wanted = folder.name if folder else tokenizer
     if kind != wanted:
         raise UserError(f"the data in {d.folder} was tokenized with {kind}; set --data.tokenizer="
-                        f"{kind if kind != 'bpe' else 'the folder of that tokenizer'} (data.tokenizer={tokenizer})")
-    if kind == "bpe" and Path(tokenizer).is_dir():
-        if load_bpe(tokenizer).meta() != d.tokenizer_meta:
-            raise UserError(f"the data in {d.folder} was tokenized with another BPE than {tokenizer}; use the same "
-                            "tokenizer folder or prepare the data again")
+                        f"{kind if kind not in ('bpe', 'hf') else 'the folder of that tokenizer'} "
+                        f"(data.tokenizer={tokenizer})")
+    if folder and folder.meta() != d.tokenizer_meta:
+        raise UserError(f"the data in {d.folder} was tokenized with another tokenizer than {tokenizer}; use the same "
+                        "tokenizer folder or prepare the data again")
 
 
 def window_positions(sizes: list[int], batch: int, block_size: int, seed: int, step: int):

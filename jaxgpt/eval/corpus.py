@@ -85,8 +85,11 @@ def corpus_loss(model: GPT, params, shards: list[np.ndarray], block_size: int | 
                 stride: int | None = None, batch_size: int = 8, max_tokens: int = 0, log=None) -> dict:
     """Mean next-token loss of `params` over the windows of the concatenated shards (see `windows`)."""
     T = block_size or model.config.block_size
-    if not 2 <= T <= model.config.block_size:
-        raise UserError(f"--block-size must be between 2 and the model's context {model.config.block_size}, got {T}")
+    if T < 2:
+        raise UserError(f"--block-size must be at least 2, got {T}")
+    if model.config.position == "learned" and T > model.config.block_size:
+        raise UserError(f"--block-size {T} is longer than the {model.config.block_size} positions this model learned; "
+                        f"use at most {model.config.block_size} (a model with rotary positions reads longer windows)")
     if batch_size < 1 or max_tokens < 0:
         raise UserError("--batch-size must be at least 1 and --max-tokens not negative")
     stream = _Stream(shards)

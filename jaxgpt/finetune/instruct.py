@@ -98,6 +98,15 @@ def format_prompt(entry: dict[str, str]) -> str:
     return text + "\n\n### Response:\n"
 
 
+def chat_prompt(tokenizer: Tokenizer, messages: list[dict[str, str]], alpaca: bool) -> str:
+    """The prompt for the next assistant turn of `messages` ([{"role": "user", "content": ...}, ...]): the
+    Alpaca format when `alpaca` (a `finetune instruct` model learned it; only the last user message is
+    asked) or the tokenizer has no chat template, else the tokenizer's chat template (Qwen3, Llama 3)."""
+    if alpaca or getattr(tokenizer, "chat_template", None) is None:
+        return format_prompt({"instruction": messages[-1]["content"], "input": ""})
+    return tokenizer.render_chat(messages, add_generation_prompt=True)
+
+
 def collate(sequences: list[list[int]], eot_id: int, allowed_max_length: int | None = None,
             prompt_lengths: list[int] | None = None, pad_multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and next-token targets (B, T) for token lists of different lengths.

@@ -5,6 +5,11 @@ ln_f`. A linen `Dense` kernel is laid out (in, out), the same as GPT-2's Conv1D 
 weights is a renaming. The output head is tied to `wte` (`GPT.head_weight`, the one place both the logits
 and the fused losses read it).
 
+The modern decoder options of `ModelConfig` change this tree only where they must: rotary positions drop
+`wpe` (model/rope.py), grouped-query attention narrows `c_attn` to q | k | v of (H + 2 KV) heads, QK-norm
+adds `attn.q_norm` and `attn.k_norm`, SwiGLU doubles `c_fc` to gate | up, RMSNorm keeps only each norm's
+`scale`, `bias=False` drops the biases, and an untied head adds `lm_head` (V, C). GPT-2 is the default.
+
 Each weight declares its logical sharding axes where it is created (`vocab`, `embed`, `heads`, `mlp`;
 `nn.with_logical_partitioning`), and the residual stream is pinned to the `batch` axis
 (`nn.with_logical_constraint`); `jaxgpt.train.sharding` maps these names onto a device mesh. Outside such a
@@ -27,6 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxgpt.config import ModelConfig
+from jaxgpt.errors import UserError
+from jaxgpt.model import rope
 from jaxgpt.model.attention import (
     attend,
     attention_implementation,
@@ -55,7 +62,7 @@ class KVCache(NamedTuple):
 
     @staticmethod
     def init(config: ModelConfig, batch: int, max_len: int) -> KVCache:
-        shape = (batch, config.n_head, max_len, config.head_dim)
+        shape = (batch, config.kv_heads, max_len, config.head_dim)  # a key/value head serves several query heads
 
         def zeros():
             return tuple(jnp.zeros(shape, jnp.dtype(config.dtype)) for _ in range(config.n_layer))
@@ -84,11 +91,14 @@ def _dense(features: int, config: ModelConfig, name: str, axes: tuple[str, str],
     return apply
 
 
-def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_eps, name=name, dtype=jnp.dtype(config.dtype),
-        param_dtype=jnp.dtype(config.param_dtype),
-    )
+def _norm(config: ModelConfig, name: str, rms: bool = False) -> nn.Module:
+    """The model's normalisation (`config.norm`; `rms` forces RMSNorm), over the last axis; weights in float32
+    arithmetic. RMSNorm's one weight is `scale`, as LayerNorm's is (plus its `bias`)."""
+    numerics = dict(epsilon=config.layer_norm_eps, name=name, dtype=jnp.dtype(config.dtype),
+                    param_dtype=jnp.dtype(config.param_dtype))
+    if rms or config.norm == "rmsnorm":
+        return nn.RMSNorm(**numerics)
+    return nn.LayerNorm(use_bias=config.bias, **numerics)
 
 
 def _residual_std(config: ModelConfig) -> float:
@@ -110,30 +120,39 @@ class CausalSelfAttention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, deterministic: bool, layer_cache=None, pos=None):
-        """x: (B, T, C). With `layer_cache=(k, v)` of (B, H, S, D), writes this chunk's keys and values at
-        `pos` and attends to the cache up to each query's own position; returns (y, updated (k, v) or None)."""
+    def __call__(self, x, deterministic: bool, layer_cache=None, pos=0):
+        """x: (B, T, C), its first token at position `pos`. With `layer_cache=(k, v)` of (B, KV, S, D), writes
+        this chunk's keys and values at `pos` and attends to the cache up to each query's own position;
+        returns (y, updated (k, v) or None)."""
         cfg = self.config
         B, T, C = x.shape
-        H, D = cfg.n_head, cfg.head_dim
-        qkv = _dense(3 * C, cfg, "c_attn", ("embed", "heads"), bias=cfg.qkv_bias)(x)  # (B, T, 3C)
-        qkv = qkv.reshape(B, T, 3, H, D)  # (B, T, 3, H, D)
+        H, KV, D = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        qkv = _dense((H + 2 * KV) * D, cfg, "c_attn", ("embed", "heads"), bias=cfg.qkv_bias)(x)  # (B, T, (H+2KV)D)
+        qkv = qkv.reshape(B, T, H + 2 * KV, D)  # (B, T, H + 2KV, D): the query heads, then keys', then values'
+        q, k, v = qkv[:, :, :H], qkv[:, :, H:H + KV], qkv[:, :, H + KV:]  # (B, T, H|KV|KV, D)
+        if cfg.qk_norm:
+            q, k = _norm(cfg, "q_norm", rms=True)(q), _norm(cfg, "k_norm", rms=True)(k)  # each head on its own
+        if cfg.position == "rope":
+            positions, inv_freq = pos + jnp.arange(T), rope.inverse_frequencies(cfg)  # (T,), (D/2,)
+            q, k = rope.rotate(q, positions, inv_freq), rope.rotate(k, positions, inv_freq)
 
         if layer_cache is not None:  # decoding: write this chunk's keys and values, attend to the cache
-            cache_k, cache_v = layer_cache  # (B, H, S, D) each
-            k_new, v_new = (a.transpose(0, 2, 1, 3).astype(cache_k.dtype) for a in (qkv[:, :, 1], qkv[:, :, 2]))
-            k = jax.lax.dynamic_update_slice(cache_k, k_new, (0, 0, pos, 0))  # (B, H, S, D)
+            cache_k, cache_v = layer_cache  # (B, KV, S, D) each
+            k_new, v_new = (a.transpose(0, 2, 1, 3).astype(cache_k.dtype) for a in (k, v))  # (B, KV, T, D)
+            k = jax.lax.dynamic_update_slice(cache_k, k_new, (0, 0, pos, 0))  # (B, KV, S, D)
             v = jax.lax.dynamic_update_slice(cache_v, v_new, (0, 0, pos, 0))
             layer_cache = (k, v)
             q_pos = pos + jnp.arange(T)  # (T,)
             mask = jnp.arange(k.shape[2])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
             # q as the projection leaves it, (B, T, H, D): decoding reads it faster than head-major.
-            y, _ = attend(qkv[:, :, 0], k, v, mask, q_layout="bthd")  # (B, T, H, D)
-        elif cfg.attention == "cudnn":  # `for_backend` chose cuDNN's fused kernel, which reads (B, T, H, D)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, D) each
+            y, _ = attend(q, k, v, mask, q_layout="bthd")  # (B, T, H, D)
+        elif cfg.attention == "cudnn":  # `for_backend` chose cuDNN's fused kernel: (B, T, heads, D), GQA native
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")  # (B, T, H, D)
         else:
-            q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D): one copy -> 3 x (B, H, T, D)
+            # Head-major (B, heads, T, D); the training kernels want every query head's own keys and values.
+            q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+            if KV < H:  # key/value head j serves query heads j*G .. j*G + G - 1 (G = H / KV), as in Hugging Face
+                k, v = jnp.repeat(k, H // KV, axis=1), jnp.repeat(v, H // KV, axis=1)  # (B, H, T, D)
             if cfg.dropout > 0 and not deterministic:
                 # Attention-probability dropout, as in GPT-2, acts on the weights themselves, so training with
                 # dropout always takes `attend`, whichever kernel was chosen; evaluation keeps that kernel.
@@ -148,8 +167,8 @@ class CausalSelfAttention(nn.Module):
                 y = causal_attention(q, k, v)  # (B, H, T, D)
             y = y.transpose(0, 2, 1, 3)  # (B, T, H, D)
 
-        y = y.reshape(B, T, C)  # (B, T, C): heads side by side again
-        y = _dense(C, cfg, "c_proj", ("heads", "embed"), std=_residual_std(cfg))(y)
+        y = y.reshape(B, T, H * D)  # (B, T, H*D): heads side by side again
+        y = _dense(C, cfg, "c_proj", ("heads", "embed"), std=_residual_std(cfg), bias=cfg.bias)(y)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
         return y, layer_cache
 
@@ -160,9 +179,15 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool):
         cfg = self.config
-        h = _dense(4 * cfg.n_embd, cfg, "c_fc", ("embed", "mlp"))(x)  # (B, T, 4C)
-        h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
-        h = _dense(cfg.n_embd, cfg, "c_proj", ("mlp", "embed"), std=_residual_std(cfg))(h)  # (B, T, C)
+        width = cfg.mlp_width
+        if cfg.mlp == "swiglu":  # c_fc holds the gate's kernel and then the up projection's: one product
+            gate, up = jnp.split(_dense(2 * width, cfg, "c_fc", ("embed", "mlp"), bias=cfg.bias)(x), 2, axis=-1)
+            h = nn.silu(gate) * up  # (B, T, width)
+        else:
+            h = _dense(width, cfg, "c_fc", ("embed", "mlp"), bias=cfg.bias)(x)  # (B, T, width)
+            # GPT-2's tanh-approximated GELU, or ReLU squared
+            h = nn.gelu(h, approximate=True) if cfg.mlp == "gelu" else jnp.square(nn.relu(h))
+        h = _dense(cfg.n_embd, cfg, "c_proj", ("mlp", "embed"), std=_residual_std(cfg), bias=cfg.bias)(h)  # (B, T, C)
         return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
@@ -170,12 +195,12 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, deterministic: bool, layer_cache=None, pos=None):
+    def __call__(self, x, deterministic: bool, layer_cache=None, pos=0):
         a, layer_cache = CausalSelfAttention(self.config, name="attn")(
-            _layer_norm(self.config, "ln_1")(x), deterministic, layer_cache, pos
+            _norm(self.config, "ln_1")(x), deterministic, layer_cache, pos
         )
         x = x + a
-        x = x + MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x), deterministic)
+        x = x + MLP(self.config, name="mlp")(_norm(self.config, "ln_2")(x), deterministic)
         return x, layer_cache
 
 
@@ -200,17 +225,27 @@ class GPT(nn.Module):
         init = nn.initializers.normal(0.02)
         self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=nn.with_logical_partitioning(
             init, ("vocab", "embed")), **embed)
-        self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=nn.with_logical_partitioning(
-            init, (None, "embed")), **embed)
+        if cfg.position == "learned":
+            self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=nn.with_logical_partitioning(
+                init, (None, "embed")), **embed)
+        if not cfg.tie_embeddings:  # the output head's own (V, C) weight, laid out as the token embedding
+            self.lm_head = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=nn.with_logical_partitioning(
+                init, ("vocab", "embed")), **embed)
         self.h = [_block_class(cfg.remat)(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
-        self.ln_f = _layer_norm(cfg, "ln_f")
+        self.ln_f = _norm(cfg, "ln_f")
         self.drop = nn.Dropout(cfg.dropout)
 
     def hidden_states(self, tokens, deterministic: bool = True, cache: KVCache | None = None, pos=0):
-        """Final-LayerNorm outputs (B, T, C), and the updated cache when one is given."""
+        """Final-norm outputs (B, T, C), and the updated cache when one is given."""
+        cfg = self.config
         B, T = tokens.shape
-        positions = pos + jnp.arange(T)  # (T,)
-        x = self.wte(tokens) + self.wpe(positions)[None]  # (B, T, C)
+        x = self.wte(tokens)  # (B, T, C)
+        if cfg.position == "learned":
+            if isinstance(pos, int) and pos + T > cfg.block_size:
+                raise UserError(f"this model learned {cfg.block_size} positions and cannot read {pos + T} tokens at "
+                                f"once; use a context of at most {cfg.block_size} (rotary positions, "
+                                "model.position=rope, have no such limit)")
+            x = x + self.wpe(pos + jnp.arange(T))[None]  # (B, T, C) + (1, T, C)
         x = nn.with_logical_constraint(self.drop(x, deterministic=deterministic), RESIDUAL)
         ks, vs = [], []
         for i, block in enumerate(self.h):
@@ -225,8 +260,8 @@ class GPT(nn.Module):
         return self.ln_f(x), (None if cache is None else KVCache(tuple(ks), tuple(vs)))
 
     def head_weight(self) -> jax.Array:
-        """The output head's (V, C) weight: the token embedding, tied."""
-        return self.wte.embedding
+        """The output head's (V, C) weight: the token embedding when tied (GPT-2), else `lm_head`."""
+        return self.wte.embedding if self.config.tie_embeddings else self.lm_head.embedding
 
     def features(self, tokens, deterministic: bool = True):
         """(hidden states (B, T, C), head weight (V, C)): what the fused losses project and score."""

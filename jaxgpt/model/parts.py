@@ -23,8 +23,8 @@ ADAPTERS = "lora"  # the key of the adapters inside the trainable tree
 
 @dataclass(frozen=True)
 class Parts:
-    """What trains: `all`, the classifier `head`, `last_blocks` (the head, the final LayerNorm and the last
-    `last_blocks` blocks) or `lora` (adapters of rank/alpha `lora`, plus the head)."""
+    """What trains: `all`, the classifier `head`, `last_blocks` (the head, an untied `lm_head`, the final norm
+    and the last `last_blocks` blocks) or `lora` (adapters of rank/alpha `lora`, plus the head)."""
 
     trainable: str = "all"
     last_blocks: int = 1
@@ -42,7 +42,7 @@ class Parts:
             if path[0] == "head" or self.trainable == "all":
                 return True
             gpt = path[1:] if path[0] == "gpt" else path  # a classifier nests the GPT under "gpt"
-            return self.trainable == "last_blocks" and (gpt[0] == "ln_f" or gpt[0] in last)
+            return self.trainable == "last_blocks" and (gpt[0] in ("ln_f", "lm_head") or gpt[0] in last)
 
         return trains
 

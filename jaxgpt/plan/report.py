@@ -97,7 +97,8 @@ def make_plan(job: Job, target: Target, *, search: bool = True, fraction: float 
                    "hosts": target.hosts, "memory_gib": _gib(target.memory), "bandwidth_gb_s": target.bandwidth / 1e9,
                    "peak_tflops": target.peak(job.cfg.model.dtype) / 1e12, "source": target.source},
         "task": job.task, "trainable": job.parts.trainable, "params": n_params, "trainable_params": n_trainable,
-        "model": {k: getattr(job.cfg.model, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size",
+        "model": {k: getattr(job.cfg.model, k) for k in ("n_layer", "n_head", "kv_heads", "head_dim", "n_embd",
+                                                         "vocab_size", "block_size", "position", "norm", "mlp",
                                                          "dtype", "param_dtype", "remat")},
         "mesh": fit.mesh, "grad_accum": tc.grad_accum,
         "usable_gib": _gib(usable), "margin": margin,
@@ -125,7 +126,8 @@ def table(plan: dict) -> str:
         ("target", f"{t['name']}: {t['description']} ({t['memory_gib']:g} GiB, {t['bandwidth_gb_s']:,.0f} GB/s, "
                    f"{t['peak_tflops']:g} TFLOP/s each)"),
         ("job", f"{plan['task']} ({plan['trainable']}), {plan['params'] / 1e6:,.1f}M parameters "
-                f"({plan['trainable_params'] / 1e6:,.1f}M trained), {m['n_layer']} layers, context {m['block_size']}, "
+                f"({plan['trainable_params'] / 1e6:,.1f}M trained), {m['n_layer']} layers, {m['n_head']} heads "
+                f"({m['kv_heads']} key/value), {m['position']} positions, {m['mlp']}, context {m['block_size']}, "
                 f"{m['dtype']} compute, remat {m['remat']}"),
         ("mesh", f"{plan['mesh']}, micro-batch {s['micro_batch']} x {m['block_size']} tokens, "
                  f"grad_accum {plan['grad_accum']}"),

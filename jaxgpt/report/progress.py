@@ -25,8 +25,9 @@ _PEAKS = {
 
 def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
     """Training FLOPs per token: 6 per weight (forward and backward) plus attention over the context."""
-    n_matmul = n_params - cfg.block_size * cfg.n_embd  # position embeddings do no multiply-adds
-    return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    lookups = (cfg.block_size if cfg.position == "learned" else 0) + (0 if cfg.tie_embeddings else cfg.vocab_size)
+    n_matmul = n_params - lookups * cfg.n_embd  # position and (untied) token embeddings do no multiply-adds
+    return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
 
 
 @functools.cache

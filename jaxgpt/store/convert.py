@@ -61,10 +61,17 @@ def _hf_order(path: tuple[str, ...]) -> tuple:
 
 
 @functools.cache
+def param_shapes(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Params path -> shape of every weight of a GPT with this config, from the model itself."""
+    shapes = traverse_util.flatten_dict(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+    return {path: tuple(s.shape) for path, s in shapes.items()}
+
+
+@functools.cache
 def name_table(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     """HF name -> (Flax params path, shape) for every tensor of a GPT-2 with this config, in HF's order."""
-    shapes = traverse_util.flatten_dict(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
-    return {hf_name(path): (path, tuple(shapes[path].shape)) for path in sorted(shapes, key=_hf_order)}
+    shapes = param_shapes(cfg)
+    return {hf_name(path): (path, shapes[path]) for path in sorted(shapes, key=_hf_order)}
 
 
 def _tf_name(hf_name: str) -> str:
@@ -80,6 +87,13 @@ def _tf_name(hf_name: str) -> str:
 
 def _is_conv(hf_name: str) -> bool:
     return hf_name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+
+
+def is_gpt2(cfg: ModelConfig) -> bool:
+    """Whether `cfg` is GPT-2's architecture (none of the modern options), whatever its size."""
+    return (cfg.position == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu" and cfg.bias
+            and cfg.tie_embeddings and not cfg.qk_norm and cfg.kv_heads == cfg.n_head
+            and cfg.mlp_width == 4 * cfg.n_embd and cfg.head_dim * cfg.n_head == cfg.n_embd)
 
 
 def describe(cfg: ModelConfig) -> str:
@@ -131,7 +145,8 @@ def _model_config(path: Path, **fields) -> ModelConfig:
 def _hf_config(path: Path) -> ModelConfig:
     d = _read_json(path)
     if d.get("model_type", "gpt2") != "gpt2":
-        raise UserError(f"{path} describes a {d['model_type']!r} model; only GPT-2 (model_type 'gpt2') converts")
+        raise UserError(f"{path} describes a {d['model_type']!r} model; jaxgpt reads GPT-2, Llama and Qwen3 "
+                        "(model_type 'gpt2', 'llama', 'qwen3')")
     unsupported = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "scale_attn_weights": (True,),
                    "scale_attn_by_inverse_layer_idx": (False,), "tie_word_embeddings": (True,),
                    "add_cross_attention": (False,), "n_inner": (None, 4 * d.get("n_embd", 0))}
@@ -189,7 +204,7 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, path, metadata=metadata)  # keeps 0-d
 
 
-def _hf_tensors(d: Path) -> dict[str, np.ndarray]:
+def hf_tensors(d: Path) -> dict[str, np.ndarray]:
     if (d / "model.safetensors").is_file():
         return read_safetensors(d / "model.safetensors")
     index = d / "model.safetensors.index.json"
@@ -222,7 +237,7 @@ def openai_model_config(d: Path) -> ModelConfig:
 def read_hf(d: Path) -> tuple[ModelConfig, dict]:
     """(config, GPT params) of a Hugging Face GPT-2 directory."""
     cfg = hf_model_config(d)
-    tensors = _hf_tensors(d)
+    tensors = hf_tensors(d)
     prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
     head = tensors.get("lm_head.weight")
     wte = tensors.get(prefix + "wte.weight")

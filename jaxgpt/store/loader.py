@@ -24,8 +24,9 @@ from jaxgpt.errors import UserError
 from jaxgpt.model.gpt import GPT, GPTClassifier
 from jaxgpt.model.lora import LoraConfig
 from jaxgpt.model.parts import combine, merged
-from jaxgpt.store import checkpoint, convert
+from jaxgpt.store import checkpoint, convert, decoders
 from jaxgpt.store.rundir import RunDir
+from jaxgpt.tokenizer.hf import hf_tokenizer_files, is_hf_folder, load_hf_tokenizer
 from jaxgpt.tokenizer.kinds import GPT2Tokenizer, Tokenizer, tokenizer_from_meta
 
 JAXGPT, HF, OPENAI = convert.JAXGPT, convert.HF, convert.OPENAI
@@ -83,11 +84,16 @@ def detect(path: str | Path) -> str:
                     "OpenAI's release (hparams.json + model.ckpt.*) nor a jaxgpt run (config.json + checkpoints/)")
 
 
+def _is_decoder(p: Path) -> bool:
+    """Whether a Hugging Face directory holds a Llama or Qwen3 (else GPT-2)."""
+    return decoders.is_decoder_config(convert.read_json_object(p / "config.json", "download it again"))
+
+
 def read_config(path: str | Path) -> ModelConfig:
     """The GPT config of any kind of model directory, without reading its weights."""
     p, kind = Path(path), detect(path)
     if kind == HF:
-        return convert.hf_model_config(p)
+        return decoders.model_config(p / "config.json") if _is_decoder(p) else convert.hf_model_config(p)
     if kind == OPENAI:
         return convert.openai_model_config(p)
     return RunDir(p).read_config().model
@@ -101,6 +107,8 @@ def read_tokenizer_meta(path: str | Path) -> dict | None:
         return saved
     if kind == HF and (p / convert.TOKENIZER_COPY).is_file():
         return convert.read_json_object(p / convert.TOKENIZER_COPY, "download it again")
+    if kind == HF and _is_decoder(p):  # Llama and Qwen3 come with their own tokenizer.json
+        return load_hf_tokenizer(p).meta() if is_hf_folder(p) else None
     if read_config(p).vocab_size >= 50257:
         return GPT2Tokenizer().meta()
     return None
@@ -134,7 +142,8 @@ def load(path: str | Path, step: int | None = None) -> Loaded:
         run_cfg, params, task, step = _read_jaxgpt(p, step)
         model_cfg = run_cfg.model
     else:
-        model_cfg, params = convert.read_hf(p) if kind == HF else convert.read_openai(p)
+        read = (decoders.read if _is_decoder(p) else convert.read_hf) if kind == HF else convert.read_openai
+        model_cfg, params = read(p)
         step = 0
     return Loaded(p, kind, model_cfg, params, read_tokenizer_meta(p), step, task, run_cfg)
 
@@ -148,7 +157,8 @@ def load_pretrained(path: str | Path, step: int | None = None) -> tuple[ModelCon
 def fit_context(params: dict, block_size: int, dtype: str) -> dict:
     """GPT params cut to a context of `block_size` positions (the position table's first rows) and cast to
     `dtype` on the host, ready to be placed shard by shard."""
-    params = {**params, "wpe": {"embedding": params["wpe"]["embedding"][:block_size]}}
+    if "wpe" in params:  # rotary positions have no table
+        params = {**params, "wpe": {"embedding": params["wpe"]["embedding"][:block_size]}}
     return jax.tree.map(lambda a: np.asarray(a, jax.numpy.dtype(dtype)), params)
 
 
@@ -164,9 +174,11 @@ def convert_model(src: str | Path, dst: str | Path, to: str | None = None, overw
         raise UserError(f"{dst} already exists; choose a new destination or pass --overwrite to replace it")
     model = load(src, step)
     cfg, params, tok = model.config, model.gpt_params, model.tokenizer_meta
-    if to == HF:
+    if to == HF and not convert.is_gpt2(cfg):
+        decoders.save(cfg, params, dst, hf_tokenizer_files(tok) if tok and tok.get("kind") == "hf" else None, overwrite)
+    elif to == HF:
         convert.save_hf(cfg, params, dst, tok, overwrite)
     else:
         convert.save_jaxgpt(cfg, params, dst, tok, f"{kind}:{Path(src).resolve()}", overwrite)
-    n = sum(int(np.prod(s)) for _, s in convert.name_table(cfg).values())
+    n = sum(int(np.prod(s)) for s in convert.param_shapes(cfg).values())
     return f"converted {kind} {src} -> {to} {dst}: {convert.describe(cfg)}, {n:,} parameters"

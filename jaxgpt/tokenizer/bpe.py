@@ -21,11 +21,12 @@ FILE = "tokenizer.json"
 EXTRA = "pip install 'jaxgpt[bpe]'"
 
 
-def _tokenizers():
+def tokenizers_module(extra: str = EXTRA):
+    """Hugging Face's `tokenizers` package, or one line saying which extra installs it."""
     try:
         import tokenizers
     except ImportError:
-        raise UserError(f"a trained BPE tokenizer needs Hugging Face's tokenizers package: {EXTRA}") from None
+        raise UserError(f"this tokenizer needs Hugging Face's tokenizers package: {extra}") from None
     return tokenizers
 
 
@@ -36,7 +37,7 @@ class BPETokenizer:
 
     def __init__(self, hf_json: str) -> None:
         try:
-            self._tok = _tokenizers().Tokenizer.from_str(hf_json)
+            self._tok = tokenizers_module().Tokenizer.from_str(hf_json)
         except Exception as e:  # the library raises its own exception type for malformed JSON
             raise UserError(f"not a tokenizers JSON ({str(e)[:100]}); train the tokenizer again") from None
         self._json = hf_json
@@ -89,7 +90,7 @@ def train_bpe(documents: Iterable[str], vocab_size: int, out: str | Path, min_fr
         raise UserError(f"{out / FILE} already exists; choose another --out or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    tk = _tokenizers()
+    tk = tokenizers_module()
     tok = tk.Tokenizer(tk.models.BPE())
     tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tk.decoders.ByteLevel()

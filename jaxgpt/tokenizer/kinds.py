@@ -21,6 +21,7 @@ import tiktoken
 from jaxgpt.errors import UserError
 from jaxgpt.tokenizer.base import ENDOFTEXT, UNK, to_ids
 from jaxgpt.tokenizer.bpe import BPETokenizer, is_bpe_folder, load_bpe
+from jaxgpt.tokenizer.hf import HFTokenizer, is_hf_folder, load_hf_tokenizer
 
 # Same hashes tiktoken_ext.openai_public pins for "gpt2", so our ids match tiktoken's exactly.
 _VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -212,7 +213,8 @@ class SimpleTokenizer:
         return {"kind": "simple", "vocab": list(self.vocab)}
 
 
-Tokenizer = GPT2Tokenizer | CharTokenizer | SimpleTokenizer  # or a trained jaxgpt.tokenizer.bpe.BPETokenizer
+# Also a trained jaxgpt.tokenizer.bpe.BPETokenizer or a Hugging Face folder's jaxgpt.tokenizer.hf.HFTokenizer.
+Tokenizer = GPT2Tokenizer | CharTokenizer | SimpleTokenizer
 
 
 def tokenizer_from_meta(meta: dict) -> Tokenizer:
@@ -226,23 +228,28 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
         return SimpleTokenizer(meta["vocab"])
     if kind == "bpe" and isinstance(meta.get("tokenizer"), str):
         return BPETokenizer(meta["tokenizer"])
+    if kind == "hf" and isinstance(meta.get("tokenizer"), str) and isinstance(meta.get("config"), dict):
+        return HFTokenizer(meta["tokenizer"], meta["config"])
     raise UserError(f"malformed tokenizer meta {str(meta)[:80]!r}; expected a dict with 'kind' in "
-                    f"{KINDS + ('bpe',)} and its fields, as written by tokenizer.meta()")
+                    f"{KINDS + ('bpe', 'hf')} and its fields, as written by tokenizer.meta()")
 
 
 def get_tokenizer(kind: str, text: str | None = None) -> Tokenizer:
-    """Args: kind, one of "gpt2", "char", "simple", or a folder holding a BPE from `jaxgpt tokenizer train`;
-    text, the corpus for char/simple vocabularies.
+    """Args: kind, one of "gpt2", "char", "simple", a Hugging Face tokenizer folder (tokenizer.json and
+    tokenizer_config.json: Qwen3, Llama 3, ...), or a folder holding a BPE from `jaxgpt tokenizer train`
+    (tokenizer.json only); text, the corpus for char/simple vocabularies.
 
-    Returns: the tokenizer; "gpt2" and a trained BPE ignore `text`.
+    Returns: the tokenizer; "gpt2", a Hugging Face folder and a trained BPE ignore `text`.
     """
     if kind == "gpt2":
         return GPT2Tokenizer()
     if kind not in KINDS:
+        if is_hf_folder(kind):  # before the BPE check: a Hugging Face folder also holds a tokenizer.json
+            return load_hf_tokenizer(kind)
         if is_bpe_folder(kind):
             return load_bpe(kind)
-        raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}, or a folder with the "
-                        "tokenizer.json of `jaxgpt tokenizer train`")
+        raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}, a Hugging Face tokenizer "
+                        "folder, or a folder with the tokenizer.json of `jaxgpt tokenizer train`")
     if not text:
         raise UserError(f"the {kind!r} tokenizer builds its vocabulary from text; pass the training text")
     return CharTokenizer.from_text(text) if kind == "char" else SimpleTokenizer.from_text(text)

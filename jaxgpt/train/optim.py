@@ -1,10 +1,12 @@
-"""The Optax optimiser: AdamW with weight decay on matrices only, warmup then cosine decay (or a constant
-rate), clipping. It is built for whatever tree trains: all weights, or a finetune's trainable part."""
+"""The Optax optimiser: AdamW with weight decay on matrices only (or Muon for the blocks' matrices), warmup
+then cosine decay (or a constant rate), clipping. It is built for whatever tree trains: all weights, or a
+finetune's trainable part."""
 
 from __future__ import annotations
 
 import jax
 import optax
+from flax import traverse_util
 
 from jaxgpt.config import TrainConfig
 
@@ -27,11 +29,31 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def muon_matrices(params):
+    """Which weights Muon orthogonalises: the Dense kernels (in, out) inside the blocks; None for the rest
+    (embeddings, an untied head, norms, biases, a classifier's head, LoRA adapters), which AdamW updates."""
+    def spec(path, p):
+        matrix = any(part.startswith("h_") for part in path) and "lora" not in path and path[-1] == "kernel"
+        return optax.contrib.MuonDimensionNumbers(0, 1) if matrix and p.ndim == 2 else None  # (in, out)
+
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({path: spec(path, p) for path, p in flat.items()})
+
+
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """Gradient clipping (when grad_clip > 0) followed by AdamW on the schedule."""
-    adamw = optax.adamw(
-        lr_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay, mask=decay_mask
-    )
+    """Gradient clipping (when grad_clip > 0) followed by AdamW on the schedule; or, with
+    optimizer="muon", Muon on the blocks' matrices and AdamW on the rest, both on the same schedule and
+    weight decay (Muon's updates scaled to AdamW's typical size, `consistent_rms`, so one learning rate
+    serves both)."""
+    if cfg.optimizer == "muon":
+        update = optax.contrib.muon(
+            lr_schedule(cfg), weight_decay=cfg.weight_decay, weight_decay_mask=decay_mask, adam_b1=cfg.beta1,
+            adam_b2=cfg.beta2, adam_weight_decay=cfg.weight_decay, muon_weight_dimension_numbers=muon_matrices,
+            consistent_rms=0.2)
+    else:
+        update = optax.adamw(
+            lr_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, weight_decay=cfg.weight_decay, mask=decay_mask
+        )
     if cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
-    return adamw
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
+    return update

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxgpt import config as config_lib
 from jaxgpt import runtime
-from jaxgpt.config import Config, ModelConfig
+from jaxgpt.config import ARCHITECTURE, Config, ModelConfig
 from jaxgpt.data import dataset
 from jaxgpt.errors import UserError
 from jaxgpt.eval.hellaswag import hellaswag, read_hellaswag
@@ -46,7 +46,7 @@ def _adopt_pretrained(cfg: Config, tokenizer_meta: dict, vocab_size: int) -> Con
     if cfg.model.block_size > pre.block_size:
         raise UserError(f"model.block_size={cfg.model.block_size} exceeds the {pre.block_size} positions of the "
                         f"model in {src}; set --model.block_size={pre.block_size} or less")
-    shape = {f: getattr(pre, f) for f in ("vocab_size", "n_layer", "n_head", "n_embd", "qkv_bias", "layer_norm_eps")}
+    shape = {f: getattr(pre, f) for f in ARCHITECTURE}
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **shape))
 
 
