@@ -49,6 +49,20 @@ def _prepared_then(e, argv, *first):
     return argv
 
 
+_HELD = []  # sockets kept open while their case runs
+
+
+def _taken_port(e) -> int:
+    """A port this process listens on (so `serve` cannot)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    _HELD.append(sock)
+    return sock.getsockname()[1]
+
+
 def _two_tokenizers(e):
     from jaxgpt.cli.main import main
 
@@ -230,6 +244,12 @@ CASES = [
     Case("chat-missing-model", "jaxgpt",
          lambda e: ["chat", str(e.tmp / "nope"), "Say hi."], "is not a directory"),
 
+    # --- serve -----------------------------------------------------------------------------------------
+    Case("serve-missing-model", "jaxgpt", lambda e: ["serve", str(e.tmp / "nope")], "does not exist; pass a model"),
+    Case("serve-zero-slots", "jaxgpt", lambda e: ["serve", str(e.base.bpe), "--slots", "0"],
+         "--slots must be at least 1"),
+    Case("serve-port-taken", "jaxgpt", lambda e: ["serve", str(e.base.bpe), "--port", str(_taken_port(e))],
+         "choose another --port"),
     Case("plan-unknown-target", "jaxgpt", lambda e: ["plan", "--config", TINY_RECIPE, "--target", "h999"],
          "unknown target 'h999'; choose one of h100"),
     Case("plan-json-exists", "jaxgpt",

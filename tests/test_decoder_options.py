@@ -41,6 +41,25 @@ def _random(cfg: ModelConfig, seed: int = 0):
                                          zip(flat.items(), keys)})
 
 
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_rows_at_their_own_positions_decode_as_each_alone(position):
+    """pos (B,): each row of a cache at its own length (a server's slots) gets what it gets decoded alone."""
+    cfg = dataclasses.replace(BASE, position=position, n_kv_head=2)
+    params, model = _random(cfg), GPT(cfg)
+    tokens = jax.random.randint(jax.random.key(3), (3, 12), 0, cfg.vocab_size)
+    lengths = [4, 9, 1]  # each row's prompt, read alone into its own cache row
+    cache = KVCache.init(cfg, 3, 16)
+    step = jax.jit(lambda p, x, c, t: model.apply({"params": p}, x, cache=c, pos=t))
+    rows = [step(params, tokens[b:b + 1, :n], jax.tree.map(lambda a: a[b:b + 1], cache), 0)[1]
+            for b, n in enumerate(lengths)]
+    cache = jax.tree.map(lambda *r: jnp.concatenate(r), *rows)
+    full = model.apply({"params": params}, tokens)  # (3, 12, V): causal, so [b, p] is row b read to p alone
+    for i in range(3):  # then all rows together, one token each at positions 4, 9, 1 (+ i)
+        pos = jnp.array(lengths) + i
+        logits, cache = step(params, tokens[jnp.arange(3), pos][:, None], cache, pos)
+        np.testing.assert_allclose(logits[:, -1], full[jnp.arange(3), pos], atol=2e-5, rtol=0)
+
+
 @pytest.mark.parametrize("i,combo", list(enumerate(ATTENTION)), ids=lambda c: "-".join(map(str, c)) if
                          isinstance(c, tuple) else str(c))
 def test_cached_decoding_equals_the_full_forward(i, combo):

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "jaxgpt"
 
 # Bottom to top. A new module or subpackage must be placed here (the test refuses one that is not).
 LAYERS = ("errors", "files", "config", "recipe", "report", "runtime", "tokenizer", "data", "model", "store", "eval", "train",
-          "finetune", "plan", "cli")
+          "finetune", "serve", "plan", "cli")
 ENTRY = {"jaxgpt", "jaxgpt.__main__"}  # the public API's lazy exports and `python -m jaxgpt` sit above every layer
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from jaxgpt.errors import UserError
 from jaxgpt.model.gpt import GPT, init_params
-from jaxgpt.model.sampling import generate, sample_logits
+from jaxgpt.model.sampling import generate, sample_logits, sample_rows
 
 
 def _greedy_by_recomputation(model, params, ids, n):
@@ -109,3 +109,22 @@ def test_batched_greedy_decoding_equals_full_recomputation(tiny_model, batch):
     out = generate(model, params, prompts, 10, key=jax.random.key(0), temperature=0)
     for row, prompt in zip(out, prompts):
         np.testing.assert_array_equal(row, _greedy_by_recomputation(model, params, prompt, 10)[0])
+
+
+def test_sample_rows_gives_each_row_its_own_settings():
+    """Rows with their own temperature (0: greedy), top-k and top-p, each drawing with its own key: a row's
+    token does not depend on the other rows."""
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4))
+    temperature, top_k, top_p = jnp.array([0.0, 1, 1, 1]), jnp.array([0, 1, 0, 2]), jnp.array([1.0, 1, 1e-6, 1])
+    draws, rows = [], jax.jit(sample_rows)
+    for seed in range(200):
+        keys = jax.random.split(jax.random.key(seed), 4)
+        draws.append(np.asarray(rows(logits, keys, temperature, top_k, top_p)))
+        alone = rows(logits[3:], keys[3:], temperature[3:], top_k[3:], top_p[3:])
+        assert int(alone[0]) == draws[-1][3]  # the same row and key alone
+    draws = np.array(draws)  # (200, 4)
+    assert (draws[:, :3] == 0).all()  # greedy, top-k 1 and a tiny top-p all take the best token
+    assert set(draws[:, 3].tolist()) == {0, 1} and 0.5 < np.mean(draws[:, 3] == 0) < 0.75  # top-2: 0.625
+    free = sample_rows(logits, jax.random.split(jax.random.key(0), 4), jnp.ones(4), jnp.zeros(4, jnp.int32),
+                       jnp.ones(4))
+    assert free.shape == (4,)

@@ -239,11 +239,11 @@ def test_finetune_weights_and_lora_adapters_are_split_like_their_base(bpe_base):
 
 # --- the modern decoder options under FSDP ------------------------------------------------------------
 
-OPTIONS = {  # every option at least once, a few together
-    "rope-llama3": dict(position="rope", rope_scaling="llama3", rope_factor=4.0),
-    "rmsnorm-no_bias": dict(norm="rmsnorm", bias=False, qkv_bias=False),
-    "swiglu-head_size": dict(mlp="swiglu", head_size=12), "relu2": dict(mlp="relu2"),
-    "gqa-qk_norm": dict(n_kv_head=2, qk_norm=True), "mqa-untied": dict(n_kv_head=1, tie_embeddings=False),
+OPTIONS = {  # every option at least once: a Llama/Qwen-like model with all of them, and the two alternatives
+    "llama3_rope-rmsnorm-no_bias-swiglu-head_size-gqa-qk_norm-untied": dict(
+        position="rope", rope_scaling="llama3", rope_factor=4.0, norm="rmsnorm", bias=False, qkv_bias=False,
+        mlp="swiglu", head_size=12, n_kv_head=2, qk_norm=True, tie_embeddings=False),
+    "relu2-mqa": dict(mlp="relu2", n_kv_head=1),
 }
 
 

@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_plan.add_parser(sub)
 
+    from jaxgpt.cli import serve as cli_serve
+
+    cli_serve.add_parser(sub)
 
     f = sub.add_parser("finetune", help="finetune a pretrained GPT: classify (text labels), instruct (Alpaca) "
                        "or dpo (preference pairs)")

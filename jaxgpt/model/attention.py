@@ -30,18 +30,25 @@ def causal_mask(T: int) -> jax.Array:
     return jnp.tril(jnp.ones((T, T), bool))
 
 
+def _bias(mask, heads: int) -> jax.Array:
+    """The mask (T, S) or (B, T, S) as an additive bias with `heads` axes of 1 after the batch's."""
+    bias = jnp.where(mask, 0.0, MASKED)
+    bias = bias if bias.ndim == 3 else bias[None]  # (1 | B, T, S)
+    return bias.reshape(bias.shape[0], *(1,) * heads, *bias.shape[1:])  # (1 | B, 1.., T, S)
+
+
 def attend(q, k, v, mask, on_probs=None, q_layout: str = "bhtd"):
     """Softmax attention of q, laid out as `q_layout` ("bhtd" (B, H, T, D) or "bthd" (B, T, H, D)), over
     head-major k and v (B, KV, S, D), where each of the KV key/value heads serves H / KV consecutive query
-    heads; mask (T, S) is True where a query may attend; `on_probs` transforms the (B, H, T, S) weights
-    (dropout). Returns y laid out as q, and the float32 weights (B, H, T, S)."""
+    heads; mask (T, S), or (B, T, S) with each row's own, is True where a query may attend; `on_probs`
+    transforms the (B, H, T, S) weights (dropout). Returns y laid out as q, and the float32 weights (B, H, T, S)."""
     H, KV = q.shape[q_layout.index("h")], k.shape[1]
     if KV < H:  # grouped: each key/value head meets its G query heads in one product, nothing repeated
         return _attend_grouped(q, k, v, mask, on_probs, q_layout)
     scores = jnp.einsum(f"{q_layout},bhsd->bhts", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     # The mask as an added (T, S) bias, never a select against a scalar, which XLA's CPU backend materialises
     # at the scores' full shape (benchmarks/RESULTS.md).
-    probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, MASKED)[None, None], axis=-1)
+    probs = jax.nn.softmax(scores + _bias(mask, 1), axis=-1)
     if on_probs is not None:
         probs = on_probs(probs)
     return jnp.einsum(f"bhts,bhsd->{q_layout}", probs.astype(v.dtype), v), probs  # q's layout
@@ -55,7 +62,7 @@ def _attend_grouped(q, k, v, mask, on_probs, q_layout: str):
     h = q_layout.index("h")
     q = q.reshape(*shape[:h], KV, shape[h] // KV, *shape[h + 1:])  # (B, KV, G, T, D) or (B, T, KV, G, D)
     scores = jnp.einsum(f"{grouped},bksd->bkgts", q, k).astype(jnp.float32) / math.sqrt(shape[-1])  # (B, KV, G, T, S)
-    probs = jax.nn.softmax(scores + jnp.where(mask, 0.0, MASKED)[None, None, None], axis=-1)
+    probs = jax.nn.softmax(scores + _bias(mask, 2), axis=-1)
     probs = probs.reshape(shape[0], -1, *probs.shape[3:])  # (B, H, T, S)
     if on_probs is not None:
         probs = on_probs(probs)

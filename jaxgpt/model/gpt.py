@@ -101,6 +101,12 @@ def _norm(config: ModelConfig, name: str, rms: bool = False) -> nn.Module:
     return nn.LayerNorm(use_bias=config.bias, **numerics)
 
 
+def positions(pos, T: int) -> jax.Array:
+    """The positions of a chunk of T tokens starting at `pos`: (T,) for an int or scalar, (B, T) for (B,)."""
+    pos = jnp.asarray(pos)
+    return pos[..., None] + jnp.arange(T).reshape((1,) * pos.ndim + (T,))
+
+
 def _residual_std(config: ModelConfig) -> float:
     # GPT-2 scales projections into the residual stream so its variance does not grow with depth.
     return 0.02 / math.sqrt(2 * config.n_layer)
@@ -132,18 +138,23 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv[:, :, :H], qkv[:, :, H:H + KV], qkv[:, :, H + KV:]  # (B, T, H|KV|KV, D)
         if cfg.qk_norm:
             q, k = _norm(cfg, "q_norm", rms=True)(q), _norm(cfg, "k_norm", rms=True)(k)  # each head on its own
+        q_pos = positions(pos, T)  # (T,), or (B, T) when each row starts at its own position
         if cfg.position == "rope":
-            positions, inv_freq = pos + jnp.arange(T), rope.inverse_frequencies(cfg)  # (T,), (D/2,)
-            q, k = rope.rotate(q, positions, inv_freq), rope.rotate(k, positions, inv_freq)
+            inv_freq = rope.inverse_frequencies(cfg)  # (D/2,)
+            q, k = rope.rotate(q, q_pos, inv_freq), rope.rotate(k, q_pos, inv_freq)
 
         if layer_cache is not None:  # decoding: write this chunk's keys and values, attend to the cache
             cache_k, cache_v = layer_cache  # (B, KV, S, D) each
             k_new, v_new = (a.transpose(0, 2, 1, 3).astype(cache_k.dtype) for a in (k, v))  # (B, KV, T, D)
-            k = jax.lax.dynamic_update_slice(cache_k, k_new, (0, 0, pos, 0))  # (B, KV, S, D)
-            v = jax.lax.dynamic_update_slice(cache_v, v_new, (0, 0, pos, 0))
+            if q_pos.ndim == 1:  # every row at `pos`
+                k = jax.lax.dynamic_update_slice(cache_k, k_new, (0, 0, pos, 0))  # (B, KV, S, D)
+                v = jax.lax.dynamic_update_slice(cache_v, v_new, (0, 0, pos, 0))
+            else:  # row b at pos[b] (a server's slots)
+                write = jax.vmap(lambda c, new, p: jax.lax.dynamic_update_slice(c, new, (0, p, 0)))
+                k, v = write(cache_k, k_new, pos), write(cache_v, v_new, pos)  # (B, KV, S, D)
             layer_cache = (k, v)
-            q_pos = pos + jnp.arange(T)  # (T,)
-            mask = jnp.arange(k.shape[2])[None, :] <= q_pos[:, None]  # (T, S): causal over the cache
+            keys = jnp.arange(k.shape[2]).reshape((1,) * q_pos.ndim + (-1,))  # (1, S) or (1, 1, S)
+            mask = keys <= q_pos[..., None]  # (T, S) or (B, T, S): causal over the cache
             # q as the projection leaves it, (B, T, H, D): decoding reads it faster than head-major.
             y, _ = attend(q, k, v, mask, q_layout="bthd")  # (B, T, H, D)
         elif cfg.attention == "cudnn":  # `for_backend` chose cuDNN's fused kernel: (B, T, heads, D), GQA native
@@ -245,7 +256,8 @@ class GPT(nn.Module):
                 raise UserError(f"this model learned {cfg.block_size} positions and cannot read {pos + T} tokens at "
                                 f"once; use a context of at most {cfg.block_size} (rotary positions, "
                                 "model.position=rope, have no such limit)")
-            x = x + self.wpe(pos + jnp.arange(T))[None]  # (B, T, C) + (1, T, C)
+            at = positions(pos, T)  # (T,) or (B, T)
+            x = x + self.wpe(at if at.ndim == 2 else at[None])  # (B, T, C) + (1 | B, T, C)
         x = nn.with_logical_constraint(self.drop(x, deterministic=deterministic), RESIDUAL)
         ks, vs = [], []
         for i, block in enumerate(self.h):
@@ -279,7 +291,8 @@ class GPT(nn.Module):
             tokens: (B, T) int token ids, T <= block_size - pos.
             deterministic: False turns dropout on (needs a 'dropout' rng).
             cache: optional KVCache; the chunk is written at `pos` and attends to earlier cached positions.
-            pos: position of tokens[:, 0] (an int or a traced scalar).
+            pos: position of tokens[:, 0]: an int or a traced scalar, or (B,) with a position for each row
+                (decoding sequences of different lengths together; needs a cache).
         Returns:
             logits (B, T, vocab_size) float32, or (logits, new_cache) when a cache is given.
         """

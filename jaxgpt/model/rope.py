@@ -43,11 +43,13 @@ def inverse_frequencies(config: ModelConfig) -> np.ndarray:
 
 
 def rotate(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """x (B, T, H, D) turned to `positions` (T,) (ints, possibly traced) -> (B, T, H, D) in x's dtype.
+    """x (B, T, H, D) turned to `positions` (T,) or (B, T) (ints, possibly traced) -> (B, T, H, D) in x's dtype.
 
     The angles are float32 products of the position and the frequency, as in Hugging Face's models."""
-    angles = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)[None]  # (T, D/2)
-    cos, sin = jnp.cos(angles)[None, :, None], jnp.sin(angles)[None, :, None]  # (1, T, 1, D/2)
+    freq = jnp.asarray(inv_freq, jnp.float32).reshape((1,) * positions.ndim + (-1,))  # (1, D/2) or (1, 1, D/2)
+    angles = positions.astype(jnp.float32)[..., None] * freq  # (T, D/2) or (B, T, D/2)
+    angles = angles if angles.ndim == 3 else angles[None]  # (1 | B, T, D/2)
+    cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]  # (1 | B, T, 1, D/2)
     first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # (B, T, H, D/2) each
     turned = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)  # (B, T, H, D)
     return turned.astype(x.dtype)

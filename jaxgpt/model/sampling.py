@@ -28,26 +28,59 @@ def check_settings(temperature: float, top_k: int | None, top_p: float | None) -
         raise UserError(f"top_p must be in (0, 1] (or unset), got {top_p}")
 
 
+def _truncated(logits: jax.Array, temperature, top_k, top_p) -> jax.Array:
+    """Logits (B, V) scaled by the temperature, those outside the top k and the top-p mass set to -inf.
+    Settings are numbers (every row alike; top_k, top_p None when off) or (B, 1) arrays (a row's own; top_k 0
+    and top_p 1 when off)."""
+    # Shifted so the best logit is 0 before scaling, and the temperature kept a float32 number above 0: a tiny
+    # temperature then sends the others to -inf (greedy in the limit) instead of overflowing to inf or NaN.
+    tiny = float(jnp.finfo(jnp.float32).tiny)
+    temperature = max(temperature, tiny) if isinstance(temperature, float) else jnp.maximum(temperature, tiny)
+    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
+    V = logits.shape[-1]
+    if isinstance(top_k, jax.Array):
+        k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)  # (B, 1)
+        kth = jnp.take_along_axis(jnp.sort(logits, axis=-1)[:, ::-1], k - 1, axis=-1)  # (B, 1)
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    elif top_k is not None and top_k < V:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1) smallest kept logit
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if isinstance(top_p, jax.Array) or (top_p is not None and top_p < 1):
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # (B, V) descending, after top-k
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # Keep the smallest set whose mass reaches top_p: a token stays if the mass before it is < top_p.
+        n_keep = jnp.sum(jnp.cumsum(probs, axis=-1) - probs < top_p, axis=-1, keepdims=True)
+        cutoff = jnp.take_along_axis(sorted_logits, n_keep - 1, axis=-1)  # (B, 1)
+        cutoff = jnp.where(top_p >= 1, -jnp.inf, cutoff)  # a row's top_p of 1 keeps every token
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None,
                   top_p: float | None) -> jax.Array:
     """Pick one token per row of logits (B, V): greedy at temperature 0, else filtered sampling."""
     if temperature == 0:
         return jnp.argmax(logits, axis=-1)
-    # Shifted so the best logit is 0 before scaling, and the temperature kept a float32 number above 0: a tiny
-    # temperature then sends the others to -inf (greedy in the limit) instead of overflowing to inf or NaN.
-    temperature = max(temperature, float(jnp.finfo(jnp.float32).tiny))
-    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1) smallest kept logit
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p is not None and top_p < 1:
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # (B, V) descending
-        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        # Keep the smallest set whose mass reaches top_p: a token stays if the mass before it is < top_p.
-        n_keep = jnp.sum(cum - jax.nn.softmax(sorted_logits, axis=-1) < top_p, axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(sorted_logits, n_keep - 1, axis=-1)  # (B, 1)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1)
+    return jax.random.categorical(key, _truncated(logits, temperature, top_k, top_p), axis=-1)
+
+
+def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                top_p: jax.Array) -> jax.Array:
+    """One token per row of logits (B, V), each row with its own key and settings (B,): temperature (0:
+    greedy), top_k (0: off), top_p (1: off). A row's token depends on its own logits, key and settings only,
+    so a server's requests do not change each other's output."""
+    greedy = jnp.argmax(logits, axis=-1)  # (B,)
+
+    def draw(top_k, top_p):
+        truncated = _truncated(logits, temperature[:, None], top_k, top_p)
+        return jnp.where(temperature == 0, greedy, jax.vmap(jax.random.categorical)(keys, truncated))
+
+    # Sorting the vocabulary for top-k or top-p is most of a small model's step on a CPU: each runs only when
+    # some row asks for it (`cond` takes one branch at run time), and nothing is drawn when all are greedy.
+    k, p = top_k[:, None], top_p[:, None]  # (B, 1)
+    return jax.lax.cond(jnp.all(temperature == 0), lambda: greedy, lambda: jax.lax.cond(
+        jnp.any(top_k > 0), lambda: jax.lax.cond(jnp.any(top_p < 1), lambda: draw(k, p), lambda: draw(k, None)),
+        lambda: jax.lax.cond(jnp.any(top_p < 1), lambda: draw(None, p), lambda: draw(None, None))))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps", "temperature", "top_k", "top_p", "eot_id"))
