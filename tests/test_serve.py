@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 
+import jax
 import pytest
 from conftest import save_bpe_model
 from test_decoders_workflow import qwen  # noqa: F401 (the fixture)
@@ -195,6 +196,8 @@ def test_n_choices_and_seeds(server):
     ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"prompt": ""}, "prompt"),
     ({"prompt": 5}, "prompt"),
+    ({"prompt": "hi", "stream_options": 1}, "stream_options"),
+    (b'{"prompt": "hi", "temperature": NaN}', None),
 ])
 def test_bad_requests_get_openai_errors_and_harm_nothing(server, body, param):
     status, out = server.post("/v1/completions", body)
@@ -205,6 +208,7 @@ def test_bad_requests_get_openai_errors_and_harm_nothing(server, body, param):
 
 def test_bad_chat_requests(server):
     for body in ({"messages": []}, {"messages": [{"role": "user"}]}, {"messages": "hi"},
+                 {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
                  {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 999}):
         status, out = server.post("/v1/chat/completions", body)
         assert status == 400 and out["error"]["message"], body
@@ -248,6 +252,12 @@ def test_limits_disconnects_and_alpaca_chat(small):
         c2.close()
         _wait(lambda: s.health()["finished"]["cancelled"] == 2 and s.health()["requests"] == 0)
         assert s.health()["busy"] == 0
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=120)  # leaves before a whole answer
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "Hello", "max_tokens": 1000, "ignore_eos": True}),
+                     {"Content-Type": "application/json"})
+        _wait(lambda: s.health()["busy"] == 1)
+        conn.close()
+        _wait(lambda: s.health()["finished"]["cancelled"] == 3 and s.health()["busy"] == 0)
 
         model = load(small)  # chat on a model without a chat template: the Alpaca prompt of `finetune instruct`
         tok = model.tokenizer()
@@ -306,3 +316,44 @@ def test_the_chat_page_streams_a_reply(server, tmp_path):
             page.screenshot(path=str(os.environ.get("JAXGPT_SCREENSHOT", tmp_path / "chat.png")))
         finally:
             browser.close()
+
+
+# --- the engine alone -----------------------------------------------------------------------------------------
+
+
+def _engine(**kw):
+    from conftest import TINY_MODEL
+
+    from jaxgpt.model.gpt import init_params
+    from jaxgpt.serve.engine import Engine
+
+    return Engine(GPT(TINY_MODEL), init_params(TINY_MODEL, jax.random.key(0)), slots=2, chunk=4, **kw)
+
+
+def _run(engine, **job):
+    from jaxgpt.serve.engine import Job
+
+    out, ended = [], threading.Event()
+    reason = []
+    engine.submit(Job(emit=out.append, finish=lambda r: (reason.append(r), ended.set()), **job))
+    assert ended.wait(120)
+    return out, reason[0]
+
+
+def test_the_engine_never_draws_past_the_tokenizer_and_reports_a_failure():
+    engine = _engine(vocab=8)  # the model has 64 rows, its tokenizer 8 ids
+    engine.start()
+    try:
+        tokens, reason = _run(engine, prompt=[1, 2, 3], max_tokens=12, temperature=2.0, seed=1)
+        assert reason == "length" and len(tokens) == 12 and max(tokens) < 8
+
+        def broken(*args):
+            raise RuntimeError("device lost")
+
+        engine._decode = broken
+        _, reason = _run(engine, prompt=[1, 2, 3], max_tokens=5)
+        assert reason == "error" and "device lost" in engine.failed
+        with pytest.raises(RuntimeError, match="device lost"):
+            _run(engine, prompt=[1], max_tokens=2)
+    finally:
+        engine.stop()

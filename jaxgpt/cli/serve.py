@@ -82,5 +82,8 @@ def run(args: argparse.Namespace) -> int:
     # found: these make that a clean exit (0) instead of a death by signal or a KeyboardInterrupt traceback.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:  # a second Ctrl-C skips uvicorn's shutdown, and with it the engine's
+        server.engine.stop()
     return 0

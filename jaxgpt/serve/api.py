@@ -5,10 +5,10 @@ stop sequence, and the JSON bodies of responses, chunks and errors."""
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
+MAX_STOP_CHARS = 500  # each is looked for at every token
 MAX_N = 16
 
 
@@ -31,7 +31,7 @@ def _number(body: dict, name: str, default, low: float, high: float, integer: bo
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind):
         raise BadRequest(f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", name)
-    if value < low or value > high or (low_open and value == low):
+    if not low <= value <= high or (low_open and value == low):  # NaN and inf are not JSON, and refused
         where = f"{'(' if low_open else '['}{low}, {high}]"
         raise BadRequest(f"'{name}' must be in {where}, got {value!r}", name)
     return value
@@ -43,9 +43,12 @@ def sampling(body: dict) -> dict:
     and ignore_eos."""
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)
-                             or len(stop) > MAX_STOP):
-        raise BadRequest(f"'stop' must be a non-empty string or a list of at most {MAX_STOP}", "stop")
+    if stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOP or
+                             not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stop)):
+        raise BadRequest(f"'stop' must be a string or a list of at most {MAX_STOP}, each of 1 to {MAX_STOP_CHARS} "
+                         "characters", "stop")
+    if not isinstance(body.get("stream_options") or {}, dict):
+        raise BadRequest("'stream_options' must be an object like {\"include_usage\": true}", "stream_options")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise BadRequest(f"'seed' must be an integer, got {seed!r}", "seed")
@@ -102,11 +105,11 @@ class TextStream:
             self.stopped = True
             return self._release(text[:min(hits)])
         end = len(text.rstrip("\ufffd"))  # an unfinished multi-byte character decodes as U+FFFD for now
-        for s in self.stop:  # hold back a tail that a stop sequence may continue
-            for k in range(min(len(s) - 1, end), 0, -1):
-                if text[:end].endswith(s[:k]):
-                    end -= k
-                    break
+        hold = 0  # the longest tail that a stop sequence may continue is held back
+        for s in self.stop:
+            longer = (k for k in range(min(len(s) - 1, end), hold, -1) if text.endswith(s[:k], 0, end))
+            hold = next(longer, hold)
+        end -= hold
         return self._release(text[:end])
 
     def flush(self) -> str:
@@ -139,6 +142,6 @@ def choice(chat: bool, index: int, text: str, finish: str | None, delta: bool = 
             "finish_reason": finish}
 
 
-def envelope(chat: bool, rid: str, model: str, choices: list[dict], chunk: bool, created: int | None = None) -> dict:
+def envelope(chat: bool, rid: str, model: str, choices: list[dict], chunk: bool, created: int) -> dict:
     kind = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
-    return {"id": rid, "object": kind, "created": created or int(time.time()), "model": model, "choices": choices}
+    return {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}

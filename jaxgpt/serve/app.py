@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import html
 import json
+import time
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -28,6 +29,10 @@ from jaxgpt.store.loader import Loaded
 from jaxgpt.tokenizer.kinds import unknown_characters
 
 PAGE = Path(__file__).with_name("page.html")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 
 
@@ -57,14 +62,17 @@ class Server:
         self.tokenizer = loaded.tokenizer("serve text")
         self.name, self.max_concurrent, self.active = name, max_concurrent, 0
         self.alpaca = bool(loaded.task and loaded.task.get("task") == "instruct")
-        self.engine = Engine(GPT(loaded.config), loaded.gpt_params, slots=slots, chunk=chunk, context=context)
+        self.engine = Engine(GPT(loaded.config), loaded.gpt_params, slots=slots, chunk=chunk, context=context,
+                             vocab=self.tokenizer.vocab_size)
 
     # -- requests -------------------------------------------------------------------------------------------
     async def _body(self, request: Request) -> dict:
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            body = json.loads(await request.body(), parse_constant=_no_constant)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
             raise api.BadRequest(f"the request body is not valid JSON ({e})") from None
+        except RecursionError:
+            raise api.BadRequest("the request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise api.BadRequest("the request body must be a JSON object")
         model = body.get("model", self.name)
@@ -107,9 +115,11 @@ class Server:
         for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
             if isinstance(content, list):  # content parts: only text
-                if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                    raise api.BadRequest("only text content parts are supported", "messages")
-                content = "".join(p.get("text", "") for p in content)
+                if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                           for p in content):
+                    raise api.BadRequest("only text content parts ({'type': 'text', 'text': ...}) are supported",
+                                         "messages")
+                content = "".join(p["text"] for p in content)
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
                 raise api.BadRequest("each message needs a 'role' and a text 'content'", "messages")
             plain.append({"role": m["role"], "content": content})
@@ -121,10 +131,14 @@ class Server:
 
     # -- generation -----------------------------------------------------------------------------------------
     async def _generate(self, request: Request, chat: bool):
+        body = await self._body(request)
+        # From here to `self.active += 1` nothing awaits, so no other request can pass this check meanwhile.
+        if self.engine.failed:
+            raise api.BadRequest(f"the model failed ({self.engine.failed}); restart the server", status=503,
+                                 kind="server_error")
         if self.active >= self.max_concurrent:
             raise api.BadRequest(f"the server is busy ({self.max_concurrent} requests in flight); retry shortly",
                                  status=429, kind="rate_limit_error", code="rate_limit_exceeded")
-        body = await self._body(request)
         ids = self._messages(body) if chat else self._prompt(body)
         settings = api.sampling(body)
         limit = api.max_tokens(body, len(ids), self.engine.context, None if chat else COMPLETION_DEFAULT_TOKENS)
@@ -137,10 +151,17 @@ class Server:
                             emit=lambda t, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, "token", t)),
                             finish=lambda r, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, "end", r))))
         self.active += 1
-        for job in jobs:
-            self.engine.submit(job)
+        try:
+            for job in jobs:
+                self.engine.submit(job)
+        except RuntimeError as e:  # the engine stopped (shutting down, or failed)
+            for job in jobs:
+                job.cancel()
+            self.active -= 1
+            raise api.BadRequest(f"the server is not taking requests ({e})", status=503,
+                                 kind="server_error") from None
         streams = [api.TextStream(self.tokenizer.decode, settings["stop"]) for _ in jobs]
-        rid = api.new_id("chatcmpl" if chat else "cmpl")
+        rid, created = api.new_id("chatcmpl" if chat else "cmpl"), int(time.time())
 
         async def events_of():
             """(choice, new text, finish reason or None) until every choice has finished."""
@@ -157,6 +178,9 @@ class Server:
                         yield i, text, "stop"
                     elif text:
                         yield i, text, None
+                elif value == "error":
+                    raise api.BadRequest(f"the model failed ({self.engine.failed})", status=500,
+                                         kind="server_error")
                 else:
                     open_.discard(i)
                     yield i, streams[i].flush(), "stop" if value == "stop" else "length"
@@ -172,26 +196,38 @@ class Server:
         if settings["stream"]:
             async def sse():
                 first = set()
-                async for i, text, finish in events_of():
-                    c = api.choice(chat, i, text, finish, delta=True, first=i not in first)
-                    first.add(i)
-                    yield f"data: {json.dumps(api.envelope(chat, rid, self.name, [c], chunk=True))}\n\n"
+                try:
+                    async for i, text, finish in events_of():
+                        c = api.choice(chat, i, text, finish, delta=True, first=i not in first)
+                        first.add(i)
+                        yield f"data: {json.dumps(api.envelope(chat, rid, self.name, [c], True, created))}\n\n"
+                except api.BadRequest as e:  # the model failed mid-stream: say so, as OpenAI's streams do
+                    yield f"data: {json.dumps(e.body())}\n\n"
+                    return
                 if settings["include_usage"]:
-                    final = api.envelope(chat, rid, self.name, [], chunk=True)
+                    final = api.envelope(chat, rid, self.name, [], True, created)
                     final["usage"] = used()
                     yield f"data: {json.dumps(final)}\n\n"
                 yield "data: [DONE]\n\n"
 
             return _Stream(sse(), close)
+        async def watch():  # a client that leaves before the answer cancels its jobs
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            for job in jobs:
+                job.cancel()
+
+        watcher = asyncio.create_task(watch())
         try:
             texts, finishes = [""] * len(jobs), [None] * len(jobs)
             async for i, text, finish in events_of():
                 texts[i] += text
                 finishes[i] = finish or finishes[i]
         finally:
+            watcher.cancel()
             close()
         choices = [api.choice(chat, i, t, f) for i, (t, f) in enumerate(zip(texts, finishes))]
-        out = api.envelope(chat, rid, self.name, choices, chunk=False)
+        out = api.envelope(chat, rid, self.name, choices, False, created)
         out["usage"] = used()
         return JSONResponse(out)
 
@@ -214,9 +250,11 @@ class Server:
                                                              "owned_by": "jaxgpt"}]})
 
         async def health(request):
-            return JSONResponse({"status": "ok", "slots": self.engine.slots, "busy": self.engine.busy(),
-                                 "requests": self.active, "decode_steps": self.engine.steps,
-                                 "finished": self.engine.finished})
+            failed = self.engine.failed
+            return JSONResponse({"status": f"error: {failed}" if failed else "ok", "slots": self.engine.slots,
+                                 "busy": self.engine.busy(), "requests": self.active,
+                                 "decode_steps": self.engine.steps, "finished": self.engine.finished},
+                                status_code=503 if failed else 200)
 
         async def page(request):
             page = PAGE.read_text().replace("{{MODEL_HTML}}", html.escape(self.name))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
+import traceback
 from collections import deque
 from typing import Callable
 
@@ -56,11 +57,14 @@ def _chunks(n: int, largest: int) -> int:
 
 
 class Engine:
-    def __init__(self, model: GPT, params, slots: int = 16, chunk: int = 64, context: int | None = None) -> None:
-        """`context`: the tokens a slot holds, prompt and reply (default and most: the model's block_size)."""
+    def __init__(self, model: GPT, params, slots: int = 16, chunk: int = 64, context: int | None = None,
+                 vocab: int | None = None) -> None:
+        """`context`: the tokens a slot holds, prompt and reply (default and most: the model's block_size);
+        `vocab`: the tokenizer's size, when the model has more embedding rows than ids (Qwen3), never drawn."""
         if slots < 1 or chunk < 1:
             raise ValueError("slots and chunk must be at least 1")
         self.model, self.params, self.slots = model, params, slots
+        self.vocab = vocab if vocab and vocab < model.config.vocab_size else None
         self.context = min(context or model.config.block_size, model.config.block_size)
         self.chunk = 1 << (min(chunk, self.context).bit_length() - 1)  # a power of two
         self.cache = KVCache.init(model.config, slots, self.context)  # (slots, KV, context, D) per layer
@@ -71,7 +75,8 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run
-        self.finished = {"stop": 0, "length": 0, "cancelled": 0}  # jobs ended, by reason
+        self.finished = {"stop": 0, "length": 0, "cancelled": 0, "error": 0}  # jobs ended, by reason
+        self.failed: str | None = None  # the error that stopped the engine
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=1)
         self._decode = jax.jit(self._decode_fn, donate_argnums=1)
 
@@ -82,14 +87,20 @@ class Engine:
         row = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, slot, 1), cache)  # (1, KV, S, D): one slot
         logits, row = self.model.apply({"params": params}, tokens[None], cache=row, pos=pos)  # (1, T, V)
         cache = jax.tree.map(lambda a, r: jax.lax.dynamic_update_slice_in_dim(a, r, slot, 0), cache, row)
-        return self._sample(logits[:, -1], settings[None], draws[None]), cache  # (1,)
+        return self._sample(self._known(logits[:, -1]), settings[None], draws[None]), cache  # (1,)
 
     def _decode_fn(self, params, cache, tokens, pos, settings, draws):
         """One token for every slot: tokens (slots,) at their own positions pos (slots,); settings (slots, 3)
         float32 = temperature, top_k, top_p; draws (slots, 2) uint32 = seed, index of the token drawn (its
         random key is the seed's key folded with the index)."""
         logits, cache = self.model.apply({"params": params}, tokens[:, None], cache=cache, pos=pos)  # (slots, 1, V)
-        return self._sample(logits[:, -1], settings, draws), cache  # (slots,)
+        return self._sample(self._known(logits[:, -1]), settings, draws), cache  # (slots,)
+
+    def _known(self, logits):
+        """Logits (B, V) with the rows past the tokenizer's last id at -inf."""
+        if self.vocab is None:
+            return logits
+        return jnp.where(jnp.arange(logits.shape[-1])[None] < self.vocab, logits, -jnp.inf)
 
     @staticmethod
     def _sample(logits, settings, draws):
@@ -119,6 +130,8 @@ class Engine:
         if len(job.prompt) < 1 or len(job.prompt) + job.max_tokens > self.context or job.max_tokens < 1:
             raise ValueError(f"a job needs 1 <= prompt and 1 <= max_tokens with both <= {self.context}")
         with self._wake:
+            if self._stopping:
+                raise RuntimeError(self.failed or "the engine has stopped")
             self._waiting.append(job)
             self._wake.notify()
 
@@ -138,21 +151,32 @@ class Engine:
         return sum(j is not None for j in self._jobs) + len(self._waiting)
 
     def _loop(self) -> None:
+        reason = "cancelled"
         while True:
             with self._wake:
                 while not self._stopping and not self._waiting and all(j is None for j in self._jobs):
                     self._wake.wait()
                 if self._stopping:
                     break
+                while self._waiting and self._waiting[0].cancelled:  # its client left while it waited
+                    self._waiting.popleft().finish("cancelled")
+                    self.finished["cancelled"] += 1
                 for slot in range(self.slots):  # admit waiting jobs into free slots
                     if self._jobs[slot] is None and self._waiting:
                         self._jobs[slot] = self._waiting.popleft()
-            self._turn()
-        for job in itertools.chain(self._jobs, self._waiting):
-            if job is not None:
-                self.finished["cancelled"] += 1
-                job.finish("cancelled")
-        self._jobs, self._waiting = [None] * self.slots, deque()
+            try:
+                self._turn()
+            except Exception:  # a device or compiler error: end every job with it, take no more
+                traceback.print_exc()
+                self.failed, reason = traceback.format_exc().strip().splitlines()[-1], "error"
+                break
+        with self._wake:
+            self._stopping = True
+            left = [j for j in itertools.chain(self._jobs, self._waiting) if j is not None]
+            self._jobs, self._waiting = [None] * self.slots, deque()
+        for job in left:
+            self.finished[reason] += 1
+            job.finish(reason)
 
     def _end(self, slot: int, reason: str) -> None:
         job, self._jobs[slot] = self._jobs[slot], None
