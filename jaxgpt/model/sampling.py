@@ -37,23 +37,37 @@ def _truncated(logits: jax.Array, temperature, top_k, top_p) -> jax.Array:
     tiny = float(jnp.finfo(jnp.float32).tiny)
     temperature = max(temperature, tiny) if isinstance(temperature, float) else jnp.maximum(temperature, tiny)
     logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
-    V = logits.shape[-1]
+    # With a row's own settings, sorting the vocabulary (most of a small model's step on a CPU) runs only when
+    # some row asks for top-k or top-p: `cond` takes one branch at run time.
     if isinstance(top_k, jax.Array):
-        k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)  # (B, 1)
-        kth = jnp.take_along_axis(jnp.sort(logits, axis=-1)[:, ::-1], k - 1, axis=-1)  # (B, 1)
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    elif top_k is not None and top_k < V:
+        logits = jax.lax.cond(jnp.any(top_k > 0), _keep_top_k, lambda x, _: x, logits, top_k)
+    elif top_k is not None and top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1) smallest kept logit
         logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if isinstance(top_p, jax.Array) or (top_p is not None and top_p < 1):
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # (B, V) descending, after top-k
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        # Keep the smallest set whose mass reaches top_p: a token stays if the mass before it is < top_p.
-        n_keep = jnp.sum(jnp.cumsum(probs, axis=-1) - probs < top_p, axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(sorted_logits, n_keep - 1, axis=-1)  # (B, 1)
-        cutoff = jnp.where(top_p >= 1, -jnp.inf, cutoff)  # a row's top_p of 1 keeps every token
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    if isinstance(top_p, jax.Array):
+        logits = jax.lax.cond(jnp.any(top_p < 1), _keep_top_p, lambda x, _: x, logits, top_p)
+    elif top_p is not None and top_p < 1:
+        logits = _keep_top_p(logits, top_p)
     return logits
+
+
+def _keep_top_k(logits: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Each row's top_k (B, 1) logits (0: all), the rest -inf."""
+    V = logits.shape[-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)  # (B, 1)
+    kth = jnp.take_along_axis(jnp.sort(logits, axis=-1)[:, ::-1], k - 1, axis=-1)  # (B, 1)
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def _keep_top_p(logits: jax.Array, top_p) -> jax.Array:
+    """The smallest set of each row's logits whose mass reaches top_p (a number or (B, 1); 1 keeps all)."""
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]  # (B, V) descending
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # A token stays if the mass before it is < top_p.
+    n_keep = jnp.sum(jnp.cumsum(probs, axis=-1) - probs < top_p, axis=-1, keepdims=True)
+    cutoff = jnp.take_along_axis(sorted_logits, n_keep - 1, axis=-1)  # (B, 1)
+    cutoff = jnp.where(top_p >= 1, -jnp.inf, cutoff)  # a row's top_p of 1 keeps every token
+    return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None,
@@ -71,16 +85,18 @@ def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_
     so a server's requests do not change each other's output."""
     greedy = jnp.argmax(logits, axis=-1)  # (B,)
 
-    def draw(top_k, top_p):
-        truncated = _truncated(logits, temperature[:, None], top_k, top_p)
+    def draw():
+        truncated = _truncated(logits, temperature[:, None], top_k[:, None], top_p[:, None])
         return jnp.where(temperature == 0, greedy, jax.vmap(jax.random.categorical)(keys, truncated))
 
-    # Sorting the vocabulary for top-k or top-p is most of a small model's step on a CPU: each runs only when
-    # some row asks for it (`cond` takes one branch at run time), and nothing is drawn when all are greedy.
-    k, p = top_k[:, None], top_p[:, None]  # (B, 1)
-    return jax.lax.cond(jnp.all(temperature == 0), lambda: greedy, lambda: jax.lax.cond(
-        jnp.any(top_k > 0), lambda: jax.lax.cond(jnp.any(top_p < 1), lambda: draw(k, p), lambda: draw(k, None)),
-        lambda: jax.lax.cond(jnp.any(top_p < 1), lambda: draw(None, p), lambda: draw(None, None))))
+    return jax.lax.cond(jnp.all(temperature == 0), lambda: greedy, draw)  # nothing drawn when all are greedy
+
+
+def prefill(model: GPT, params, tokens: jax.Array, cache: KVCache, pos) -> tuple[jax.Array, KVCache]:
+    """Read tokens (B, T) into the cache at `pos`: (the next token's logits (B, V), the cache). Only the last
+    position is projected onto the vocabulary (for GPT-2 a fifth of a 64-token chunk's work otherwise)."""
+    x, cache = model.apply({"params": params}, tokens, cache=cache, pos=pos, method=GPT.hidden_states)
+    return model.apply({"params": params}, x[:, -1:], method=GPT.logits)[:, 0], cache  # (B, V)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps", "temperature", "top_k", "top_p", "eot_id"))
@@ -89,7 +105,7 @@ def _segment(params, prompt, key, done, *, model: GPT, steps: int, temperature: 
     returns (tokens (B, steps), n_done, done)."""
     B, P = prompt.shape
     cache = KVCache.init(model.config, B, P + steps)
-    logits, cache = model.apply({"params": params}, prompt, cache=cache, pos=0)
+    last, cache = prefill(model, params, prompt, cache, 0)  # (B, V)
     out = jnp.zeros((B, steps), jnp.int32)
 
     def cond(carry):
@@ -107,7 +123,7 @@ def _segment(params, prompt, key, done, *, model: GPT, steps: int, temperature: 
         logits, cache = model.apply({"params": params}, tok[:, None], cache=cache, pos=P + i)
         return i + 1, logits[:, -1], cache, out, done, key
 
-    carry = (jnp.int32(0), logits[:, -1], cache, out, done, key)
+    carry = (jnp.int32(0), last, cache, out, done, key)
     i, _, _, out, done, _ = jax.lax.while_loop(cond, body, carry)
     return out, i, done
 

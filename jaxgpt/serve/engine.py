@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt.model.gpt import GPT, KVCache
-from jaxgpt.model.sampling import sample_rows
+from jaxgpt.model.sampling import prefill, sample_rows
 
 OFF_SLOT = -1
 
@@ -85,9 +85,9 @@ class Engine:
         """Read tokens (T,) into `slot` at `pos`; the token after them, sampled with settings (3,) and draws
         (2,) as in `_decode_fn`'s rows."""
         row = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, slot, 1), cache)  # (1, KV, S, D): one slot
-        logits, row = self.model.apply({"params": params}, tokens[None], cache=row, pos=pos)  # (1, T, V)
+        logits, row = prefill(self.model, params, tokens[None], row, pos)  # (1, V)
         cache = jax.tree.map(lambda a, r: jax.lax.dynamic_update_slice_in_dim(a, r, slot, 0), cache, row)
-        return self._sample(self._known(logits[:, -1]), settings[None], draws[None]), cache  # (1,)
+        return self._sample(self._known(logits), settings[None], draws[None]), cache  # (1,)
 
     def _decode_fn(self, params, cache, tokens, pos, settings, draws):
         """One token for every slot: tokens (slots,) at their own positions pos (slots,); settings (slots, 3)

@@ -28,13 +28,14 @@ from flax import traverse_util
 
 from jaxgpt.config import Config, DataConfig, ModelConfig, validate
 from jaxgpt.errors import UserError
-from jaxgpt.files import read_json_object, staged_dir
+from jaxgpt.files import read_json_object, staged_dir, write_json
 from jaxgpt.model.gpt import init_params
 from jaxgpt.store import checkpoint
 from jaxgpt.store.openai import read_tf_checkpoint
 from jaxgpt.tokenizer.kinds import gpt2_files
 
 HF, OPENAI, JAXGPT = "hf", "openai", "jaxgpt"
+SHARD_BYTES = 5 * 2**30  # transformers' default largest shard
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_COPY = "jaxgpt_tokenizer.json"  # a jaxgpt tokenizer travels with an exported HF directory
 _HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old HF files, not weights
@@ -204,6 +205,28 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, path, metadata=metadata)  # keeps 0-d
 
 
+def write_hf_weights(folder: Path, tensors: dict[str, np.ndarray], max_shard_bytes: int = SHARD_BYTES) -> None:
+    """Hugging Face's weight files, as `hf_tensors` reads them: one model.safetensors, or shards of at most
+    `max_shard_bytes` (a larger tensor alone) with model.safetensors.index.json."""
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, array in tensors.items():
+        if shards[-1] and size + array.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = array
+        size += array.nbytes
+    if len(shards) == 1:
+        return write_safetensors(folder / "model.safetensors", tensors, {"format": "pt"})
+    weight_map = {}
+    for n, shard in enumerate(shards, 1):
+        file = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(folder / file, shard, {"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+    write_json(folder / "model.safetensors.index.json",
+               {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())}, "weight_map": weight_map})
+
+
 def hf_tensors(d: Path) -> dict[str, np.ndarray]:
     if (d / "model.safetensors").is_file():
         return read_safetensors(d / "model.safetensors")
@@ -269,7 +292,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
 
 def save_hf(cfg: ModelConfig, params, out_dir: str | Path, tokenizer_meta: dict | None = None,
             overwrite: bool = False) -> Path:
-    """Write a Hugging Face directory (config.json + model.safetensors) that
+    """Write a Hugging Face directory (config.json and the weights, sharded past 5 GB) that
     `transformers.GPT2LMHeadModel.from_pretrained` loads. Without q/k/v biases, zeros are written."""
     tensors = {}
     for name, (path, shape) in name_table(dataclasses.replace(cfg, qkv_bias=True)).items():
@@ -278,7 +301,7 @@ def save_hf(cfg: ModelConfig, params, out_dir: str | Path, tokenizer_meta: dict 
             node = node.get(part) if isinstance(node, dict) else None
         tensors["transformer." + name] = np.zeros(shape, cfg.param_dtype) if node is None else np.asarray(node)
     with staged_dir(out_dir, overwrite) as tmp:
-        write_safetensors(tmp / "model.safetensors", tensors, {"format": "pt"})
+        write_hf_weights(tmp, tensors)
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
         if tokenizer_meta is not None:
             (tmp / TOKENIZER_COPY).write_text(json.dumps(tokenizer_meta))

@@ -31,11 +31,10 @@ from flax import traverse_util
 
 from jaxgpt.config import Config, ModelConfig, validate
 from jaxgpt.errors import UserError
-from jaxgpt.files import read_json_object, staged_dir, write_json
+from jaxgpt.files import read_json_object, staged_dir
 from jaxgpt.store import convert
 
 FAMILIES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}  # model_type -> transformers class
-SHARD_BYTES = 5 * 2**30  # transformers' default largest shard
 _LAYER = "model.layers.{i}."
 
 
@@ -227,33 +226,15 @@ def config_dict(cfg: ModelConfig, family: str, extra: dict | None = None) -> dic
 
 
 def save(cfg: ModelConfig, params: dict, out_dir: str | Path, tokenizer_files: dict[str, str] | None = None,
-         overwrite: bool = False, max_shard_bytes: int = SHARD_BYTES, extra_config: dict | None = None) -> Path:
+         overwrite: bool = False, max_shard_bytes: int = convert.SHARD_BYTES, extra_config: dict | None = None) -> Path:
     """Write a Hugging Face directory that `transformers`' Llama/Qwen3 classes load: config.json, the weights
     (one model.safetensors, or shards with model.safetensors.index.json) and `tokenizer_files` (name -> text)."""
     family = family_of(cfg)
     if family is None:
         raise UserError("this model has no Hugging Face architecture: Llama and Qwen3 need model.position=rope, "
                         "model.norm=rmsnorm, model.mlp=swiglu and qkv_bias equal to bias; GPT-2 needs the defaults")
-    tensors = tensors_of(cfg, params)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for name, array in tensors.items():
-        if shards[-1] and size + array.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = array
-        size += array.nbytes
     with staged_dir(out_dir, overwrite) as tmp:
-        if len(shards) == 1:
-            convert.write_safetensors(tmp / "model.safetensors", tensors, {"format": "pt"})
-        else:
-            weight_map = {}
-            for n, shard in enumerate(shards, 1):
-                file = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
-                convert.write_safetensors(tmp / file, shard, {"format": "pt"})
-                weight_map.update(dict.fromkeys(shard, file))
-            write_json(tmp / "model.safetensors.index.json",
-                       {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())}, "weight_map": weight_map})
+        convert.write_hf_weights(tmp, tensors_of(cfg, params), max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(config_dict(cfg, family, extra_config), indent=2) + "\n")
         for name, text in (tokenizer_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
